@@ -1,0 +1,217 @@
+"""The `nmt` command: each subcommand parses its options, calls one library function and
+renders the result. Data (translations, JSON) goes to stdout; progress, tables and errors go
+to stderr. A mistake in the input ends with one line naming the problem and exit code 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nmt_cli.console import console
+from nmt_cli.errors import NMTError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Neural machine translation: preprocess, train, translate, evaluate.",
+)
+
+SetOption = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--set", help="Override a recipe value: section.key=value (repeatable)."),
+]
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn input errors into one red line and exit 1; Ctrl-C into exit 130."""
+    try:
+        yield
+    except NMTError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def preprocess(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe with data and tokenizer sections.")],
+    out: Annotated[Path, typer.Option("--out", help="Data directory to write.")],
+    set_: SetOption = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Clean a parallel corpus, train SentencePiece and write token shards."""
+    from nmt_cli.config import load_config
+    from nmt_cli.preprocess import preprocess as run_preprocess
+
+    with user_errors():
+        result = run_preprocess(load_config(recipe, set_ or []), out)
+    summary = {
+        "out_dir": str(result.out_dir), "pairs": result.pairs, "cleaning": result.clean.as_dict(),
+        "vocab_size": result.vocab_size, "seconds": round(result.seconds, 1),
+    }
+    if json_:
+        print(json.dumps(summary))
+    else:
+        console.print_json(data=summary)
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe.")],
+    data: Annotated[Path, typer.Option("--data", help="Directory written by nmt preprocess.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory for checkpoints and logs.")],
+    resume: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--resume", help="Continue the run from this checkpoint (RUN/last.pt)."),
+    ] = None,
+    set_: SetOption = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a model; writes last.pt, best.pt, step-N.pt and metrics.jsonl to --out."""
+    from nmt_cli.config import load_config
+    from nmt_cli.train import train as run_train
+
+    with user_errors():
+        result = run_train(load_config(recipe, set_ or []), data, out, resume=resume, device=device)
+    summary = {
+        "run_dir": str(result.run_dir), "steps": result.steps, "best_bleu": result.best_bleu,
+        "best_step": result.best_step, "seconds": round(result.seconds, 1),
+        "stopped_by": result.stopped_by,
+    }
+    if json_:
+        print(json.dumps(summary))
+    else:
+        console.print_json(data=summary)
+    if result.stopped_by == "interrupted":
+        console.print(f"interrupted: saved {out / 'last.pt'}; continue with --resume {out / 'last.pt'}")
+        raise typer.Exit(130)
+
+
+def _decode_overrides(**values) -> dict:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+@app.command()
+def translate(
+    checkpoint: Annotated[Path, typer.Argument(help="A .pt checkpoint from nmt train.")],
+    input_: Annotated[
+        Optional[Path], typer.Option("--input", "-i", help="Input file (default stdin).")  # noqa: UP045
+    ] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Output file (default stdout).")  # noqa: UP045
+    ] = None,
+    beam: Annotated[Optional[int], typer.Option(help="Beam size (1 = greedy).")] = None,  # noqa: UP045
+    alpha: Annotated[Optional[float], typer.Option(help="GNMT length penalty.")] = None,  # noqa: UP045
+    n_best: Annotated[
+        Optional[int], typer.Option("--n-best", help="Print N hypotheses per line as TSV.")  # noqa: UP045
+    ] = None,
+    max_len_a: Annotated[Optional[float], typer.Option("--max-len-a")] = None,  # noqa: UP045
+    max_len_b: Annotated[Optional[int], typer.Option("--max-len-b")] = None,  # noqa: UP045
+    batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens")] = None,  # noqa: UP045
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+) -> None:
+    """Translate lines from stdin (or --input) to stdout (or --output), one line per line."""
+    from nmt_cli.runtime import resolve_device
+    from nmt_cli.streams import atomic_output, read_line_chunks
+    from nmt_cli.translate import Translator
+
+    overrides = _decode_overrides(beam=beam, alpha=alpha, n_best=n_best, max_len_a=max_len_a,
+                                  max_len_b=max_len_b, batch_tokens=batch_tokens)
+    if n_best is not None and beam is None:
+        overrides["beam"] = max(n_best, 5)
+    with user_errors(), contextlib.ExitStack() as stack:
+        translator = Translator.from_checkpoint(checkpoint, resolve_device(device), overrides)
+        if input_ is None:
+            fd, name = sys.stdin.fileno(), "stdin"
+        else:
+            fd, name = _open_input(input_, stack), str(input_)
+        sink = stack.enter_context(atomic_output(output, sys.stdout))
+        chunks = read_line_chunks(fd, max_lines=1000, name=name)
+        for index, result in enumerate(translator.translate_stream(chunks)):
+            if n_best is not None:
+                for text, score in result.nbest:
+                    sink.write(f"{index}\t{score:.4f}\t{text}\n")
+            else:
+                sink.write(result.text + "\n")
+            if output is None:
+                sink.flush()
+
+
+def _open_input(path: Path, stack: contextlib.ExitStack) -> int:
+    from nmt_cli.errors import DataError
+
+    try:
+        handle = stack.enter_context(path.open("rb"))
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror}); check the path") from None
+    return handle.fileno()
+
+
+@app.command(name="eval")
+def eval_(
+    checkpoint: Annotated[
+        Optional[Path], typer.Argument(help="Checkpoint to translate --src with.")  # noqa: UP045
+    ] = None,
+    src: Annotated[Optional[Path], typer.Option(help="Source file to translate.")] = None,  # noqa: UP045
+    hyp: Annotated[Optional[Path], typer.Option(help="Existing translations to score.")] = None,  # noqa: UP045
+    ref: Annotated[Path, typer.Option(help="Reference translations.")] = ...,
+    beam: Annotated[Optional[int], typer.Option(help="Beam size (1 = greedy).")] = None,  # noqa: UP045
+    alpha: Annotated[Optional[float], typer.Option(help="GNMT length penalty.")] = None,  # noqa: UP045
+    batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens")] = None,  # noqa: UP045
+    save_hyp: Annotated[
+        Optional[Path], typer.Option("--save-hyp", help="Also write the translations here.")  # noqa: UP045
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    json_: Annotated[bool, typer.Option("--json", help="Print scores as JSON on stdout.")] = False,
+) -> None:
+    """Score translations with sacreBLEU (BLEU, chrF, TER): CKPT --src F --ref F, or --hyp F --ref F."""
+    from nmt_cli.errors import ConfigError
+    from nmt_cli.evaluate import evaluate, render_eval_table
+
+    with user_errors():
+        if (checkpoint is None) == (hyp is None) or (checkpoint is not None) != (src is not None):
+            raise ConfigError("give either CHECKPOINT --src F --ref F, or --hyp F --ref F")
+        overrides = _decode_overrides(beam=beam, alpha=alpha, batch_tokens=batch_tokens)
+        result = evaluate(ref=ref, hyp=hyp, checkpoint=checkpoint, src=src, device=device,
+                          decode_overrides=overrides, save_hyp=save_hyp)
+    render_eval_table(result, console)
+    if json_:
+        print(json.dumps(result.to_dict()))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where to write corpus, run and heatmap.")] = Path(
+        "demo-out"
+    ),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """The attention demo: learn to rewrite human-written dates as ISO dates, offline."""
+    from nmt_cli.demo import render_demo, run_demo
+
+    with user_errors():
+        result = run_demo(out, seed=seed)
+    render_demo(result, console)
+    if json_:
+        print(json.dumps(result.to_dict()))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

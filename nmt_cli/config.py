@@ -1,0 +1,292 @@
+"""Typed configuration: one frozen dataclass per recipe section.
+
+A recipe is YAML with the sections `data`, `tokenizer`, `model`, `train` and `decode`.
+`--set section.key=value` overrides any leaf. Unknown keys are an error that names the
+nearest valid key, because a silently ignored typo (`dropuot: 0.3`) wastes a training run.
+The `model` section is chosen by `model.type`, so each family keeps its own flat fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nmt_cli.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One corpus: parallel files, a two-column TSV, or a Hugging Face dataset.
+
+    Exactly one of `src`+`tgt`, `tsv` or `hf` is set. `hf` is a hub name (with `hf_config`
+    and `hf_split`) or a local parquet file, arrow file or `save_to_disk` directory. Rows carry
+    the WMT `translation` dict unless `src_column` and `tgt_column` name two text columns.
+    """
+
+    src: str | None = None
+    tgt: str | None = None
+    tsv: str | None = None
+    hf: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    src_column: str | None = None
+    tgt_column: str | None = None
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """Training-pair filters (Moses `clean-corpus-n` habits); valid and test are never filtered."""
+
+    max_words: int = 250
+    max_ratio: float = 3.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    src_lang: str = "src"
+    tgt_lang: str = "tgt"
+    train: tuple[SourceConfig, ...] = ()
+    valid: tuple[SourceConfig, ...] = ()
+    test: tuple[SourceConfig, ...] = ()
+    clean: CleanConfig = field(default_factory=CleanConfig)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """SentencePiece training options; `sample_size` bounds the sentences it trains on."""
+
+    model_type: str = "unigram"  # unigram | bpe | char
+    vocab_size: int = 8000
+    joint: bool = True
+    sample_size: int = 1_000_000
+    character_coverage: float = 1.0
+
+
+@dataclass(frozen=True)
+class RNNModelConfig:
+    """The attention seq2seq (Luong et al. 2015; GNMT, Wu et al. 2016).
+
+    Every encoder layer outputs `hidden_dim` features; a bidirectional layer runs two
+    directions of `hidden_dim // 2` and concatenates them. `residual_from: k` adds each
+    layer's input to its output for layers k, k+1, ... (1-based; 0 turns residuals off).
+    """
+
+    type: str = "rnn"
+    preset: str | None = None
+    emb_dim: int = 256
+    hidden_dim: int = 256
+    enc_layers: int = 1
+    dec_layers: int = 1
+    bidirectional: str = "all"  # all | bottom | none
+    residual_from: int = 0
+    attention: str = "general"  # dot | general | concat
+    input_feeding: bool = True
+    dropout: float = 0.3
+    tie_embeddings: bool = True
+    max_len: int = 256
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # GNMT (Wu et al. 2016, sec. 3): deep LSTM stacks, only the bottom encoder layer is
+    # bidirectional, residual connections from the third layer up, additive attention.
+    "gnmt": {
+        "enc_layers": 8,
+        "dec_layers": 8,
+        "bidirectional": "bottom",
+        "residual_from": 3,
+        "attention": "concat",
+    },
+}
+
+MODEL_CONFIGS: dict[str, type] = {"rnn": RNNModelConfig}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1
+    batch_tokens: int = 4096
+    max_steps: int = 100_000
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 500
+    decay: str = "inverse_sqrt"  # inverse_sqrt | linear | constant
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    valid_every: int = 1000
+    log_every: int = 50
+    keep_last: int = 3
+    patience: int = 10
+    precision: str = "fp32"  # fp32 | bf16
+    threads: int = 0  # 0: leave torch's default
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Decoding settings shared by validation, `nmt translate` and `nmt eval`."""
+
+    beam: int = 5
+    alpha: float = 0.6
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    n_best: int = 1
+    batch_tokens: int = 4000
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: Any = field(default_factory=RNNModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML recipe (or start from defaults), apply `a.b=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}; pass the path of a YAML recipe")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            first_line = str(exc).splitlines()[0]
+            raise ConfigError(f"recipe {path} is not valid YAML ({first_line}); fix it") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"recipe {path} must be a mapping of sections; see recipes/")
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set one `section.key=value` in a raw recipe dict; the value is parsed as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r} is not of the form section.key=value")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a validated `Config` from plain containers (a recipe, or a checkpoint's config)."""
+    raw = dict(raw)
+    model_raw = dict(raw.pop("model", None) or {})
+    model_type = model_raw.get("type", "rnn")
+    if model_type not in MODEL_CONFIGS:
+        raise ConfigError(
+            f"unknown model.type {model_type!r}; choose one of {', '.join(MODEL_CONFIGS)}"
+        )
+    preset = model_raw.get("preset")
+    if preset is not None:
+        if preset not in MODEL_PRESETS:
+            raise ConfigError(f"unknown model.preset {preset!r}; choose one of {', '.join(MODEL_PRESETS)}")
+        model_raw = {**MODEL_PRESETS[preset], **model_raw}
+    base = _build(Config, {k: v for k, v in raw.items()}, "", skip={"model"})
+    model = _build(MODEL_CONFIGS[model_type], model_raw, "model.")
+    cfg = dataclasses.replace(base, model=model)
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain containers (dicts, lists, scalars) that `torch.load(weights_only=True)` accepts."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def validate(cfg: Config) -> None:
+    """Check value ranges and choices that the types alone cannot express."""
+    choices = {
+        "tokenizer.model_type": (cfg.tokenizer.model_type, ("unigram", "bpe", "char")),
+        "train.decay": (cfg.train.decay, ("inverse_sqrt", "linear", "constant")),
+        "train.precision": (cfg.train.precision, ("fp32", "bf16")),
+    }
+    if isinstance(cfg.model, RNNModelConfig):
+        choices["model.bidirectional"] = (cfg.model.bidirectional, ("all", "bottom", "none"))
+        choices["model.attention"] = (cfg.model.attention, ("dot", "general", "concat"))
+        if cfg.model.bidirectional != "none" and cfg.model.hidden_dim % 2:
+            raise ConfigError("model.hidden_dim must be even for a bidirectional encoder")
+        if cfg.model.residual_from == 1 and cfg.model.emb_dim != cfg.model.hidden_dim:
+            raise ConfigError(
+                "model.residual_from: 1 adds the embeddings to layer 1's output, so model.emb_dim "
+                "must equal model.hidden_dim; use residual_from >= 2"
+            )
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    if cfg.decode.beam < 1 or cfg.decode.n_best < 1 or cfg.decode.n_best > cfg.decode.beam:
+        raise ConfigError("decode.beam must be >= 1 and 1 <= decode.n_best <= decode.beam")
+
+
+def _build(cls: type, raw: Any, prefix: str, skip: set[str] = frozenset()) -> Any:
+    """Turn a dict into dataclass `cls`, recursing into nested dataclasses and tuples of them."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'recipe'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key in skip:
+            continue
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown recipe key {prefix}{key}{hint}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    """Check a YAML value against a field's type hint, converting where YAML is loose."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, name)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, name + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{name}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{name} needs {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, f"{name}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" as a string
+        except ValueError:
+            pass
+    if hint in (int, str, bool, float) and not (isinstance(value, hint) and not (
+        hint is int and isinstance(value, bool)
+    )):
+        raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

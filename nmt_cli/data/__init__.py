@@ -1,0 +1,1 @@
+"""Corpora, tokenizers and token shards: everything between raw text and training batches."""

@@ -1,0 +1,151 @@
+"""Corpus-level scores with sacrebleu, always reported with their signatures.
+
+BLEU numbers are only comparable when tokenisation, casing and smoothing match (Post, 2018,
+"A Call for Clarity in Reporting BLEU Scores"), so every score travels with the sacrebleu
+signature that produced it. Scoring is on detokenised text: sacrebleu applies its own
+tokeniser (13a for BLEU), which is what makes the number comparable across toolkits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from os import PathLike
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from sacrebleu.metrics import BLEU, CHRF, TER
+
+from nmt_cli.errors import DataError
+
+
+@dataclass
+class EvalResult:
+    """Scores for one hypothesis file against one reference file.
+
+    `signature` maps each metric name to its sacrebleu signature string; `bleu_detail` keeps
+    sacrebleu's own line (n-gram precisions, brevity penalty, lengths) for diagnosing a low BLEU.
+    """
+
+    bleu: float
+    chrf: float
+    ter: float
+    signature: dict[str, str] = field(default_factory=dict)
+    sentences: int = 0
+    bleu_detail: str = ""
+
+    def to_dict(self) -> dict:
+        """Plain containers, ready for `json.dumps` on stdout."""
+        return asdict(self)
+
+
+def score(hypotheses: list[str], references: list[str]) -> EvalResult:
+    """Score hypotheses against a single reference each with BLEU (13a, cased), chrF and TER."""
+    if len(hypotheses) != len(references):
+        raise DataError(
+            f"hypotheses and references differ in length: {len(hypotheses)} hypotheses vs "
+            f"{len(references)} references; they must be line-aligned"
+        )
+    refs = [list(references)]
+    bleu, chrf, ter = BLEU(), CHRF(), TER()
+    bleu_score = bleu.corpus_score(hypotheses, refs)
+    chrf_score = chrf.corpus_score(hypotheses, refs)
+    ter_score = ter.corpus_score(hypotheses, refs)
+    return EvalResult(
+        bleu=float(bleu_score.score),
+        chrf=float(chrf_score.score),
+        ter=float(ter_score.score),
+        signature={
+            "bleu": bleu.get_signature().format(),
+            "chrf": chrf.get_signature().format(),
+            "ter": ter.get_signature().format(),
+        },
+        sentences=len(hypotheses),
+        bleu_detail=bleu_score.format(),
+    )
+
+
+def read_lines(path: str | PathLike[str]) -> list[str]:
+    """Read a UTF-8 text file as lines, stripping only the trailing newline.
+
+    Other whitespace is kept: it is part of the text being scored or translated. Bytes are
+    decoded line by line so an encoding error can name the line a user must fix.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(
+            f"file not found: {p}; check the path (it must be a UTF-8 text file)"
+        ) from None
+    except IsADirectoryError:
+        raise DataError(
+            f"{p} is a directory; pass a UTF-8 text file with one sentence per line"
+        ) from None
+    except OSError as e:
+        raise DataError(f"cannot read {p}: {e.strerror}; check its permissions") from None
+    chunks = raw.split(b"\n")
+    if chunks[-1] == b"":
+        chunks.pop()  # a final newline ends the last line; it does not start another
+    lines = []
+    for number, chunk in enumerate(chunks, start=1):
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{p}, line {number}: invalid UTF-8 at byte {e.start}; re-encode the file as UTF-8 "
+                f"(e.g. iconv -f latin1 -t utf-8)"
+            ) from None
+        lines.append(text[:-1] if text.endswith("\r") else text)  # CRLF is one newline
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]  # a byte-order mark is encoding metadata, not text
+    return lines
+
+
+def render_eval_table(result: EvalResult, console: Console) -> None:
+    """Print the scores as a table to `console` (the stderr console, so stdout stays data)."""
+    table = Table(title=f"Evaluation ({result.sentences} sentences)")
+    table.add_column("metric", style="bold")
+    table.add_column("score", justify="right")
+    table.add_column("signature", overflow="fold")
+    for name, label, value in (
+        ("bleu", "BLEU", result.bleu),
+        ("chrf", "chrF2", result.chrf),
+        ("ter", "TER", result.ter),
+    ):
+        table.add_row(label, f"{value:.2f}", result.signature.get(name, ""))
+    console.print(table)
+    if result.bleu_detail:
+        console.print(result.bleu_detail, style="dim", highlight=False)
+
+
+def evaluate(
+    *,
+    ref: Path,
+    hyp: Path | None = None,
+    checkpoint: Path | None = None,
+    src: Path | None = None,
+    device: str = "auto",
+    decode_overrides: dict | None = None,
+    save_hyp: Path | None = None,
+) -> EvalResult:
+    """Score `hyp` against `ref`, or first translate `src` with `checkpoint` and score that.
+
+    Translation uses the checkpoint's decoding settings (as validation during training did),
+    with `decode_overrides` on top, so `nmt eval` reproduces the BLEU that chose best.pt.
+    """
+    from nmt_cli.runtime import resolve_device
+    from nmt_cli.streams import atomic_output
+    from nmt_cli.translate import Translator
+
+    references = read_lines(ref)
+    if checkpoint is None:
+        hypotheses = read_lines(hyp)
+    else:
+        sources = read_lines(src)
+        translator = Translator.from_checkpoint(checkpoint, resolve_device(device), decode_overrides)
+        hypotheses = [t.text for t in translator.translate(sources)]
+        if save_hyp is not None:
+            with atomic_output(save_hyp, None) as handle:
+                handle.writelines(line + "\n" for line in hypotheses)
+    return score(hypotheses, references)
