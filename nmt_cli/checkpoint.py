@@ -14,6 +14,7 @@ import hashlib
 import os
 import pickle
 import platform
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -60,9 +61,10 @@ def save_checkpoint(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "versions": {
-            "nmt_cli": nmt_cli.__version__,
-            "torch": torch.__version__,
-            "sentencepiece": sentencepiece.__version__,
+            # str(): torch.__version__ is a TorchVersion, which weights_only loading rejects
+            "nmt_cli": str(nmt_cli.__version__),
+            "torch": str(torch.__version__),
+            "sentencepiece": str(sentencepiece.__version__),
             "python": platform.python_version(),
         },
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -87,22 +89,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and check a checkpoint, migrating older format versions forward."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}; pass the path of a .pt from nmt train")
+        raise CheckpointError(
+            f"checkpoint not found: {path}; pass the path of a .pt from nmt train"
+        )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4" on a foreign file: the
+            warnings.simplefilter("ignore")  # error below says all a user needs, on one line
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(
             f"{path} is corrupt or truncated ({_first_line(exc)}); use another checkpoint, "
             "e.g. the run's best.pt or a step-N.pt"
         ) from None
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{path} is not an nmt_cli checkpoint (it holds objects beyond plain data); "
+                "pass a .pt written by nmt train"
+            ) from None
         raise CheckpointError(
-            f"{path} is not an nmt_cli checkpoint (it holds objects beyond plain data); "
-            "pass a .pt written by nmt train"
+            f"{path} is corrupt or not a checkpoint at all; pass a .pt written by nmt train"
+        ) from None
+    except Exception:  # torch's legacy reader fails on arbitrary bytes with any error type
+        raise CheckpointError(
+            f"{path} is corrupt or not a checkpoint at all; pass a .pt written by nmt train"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path} is not an nmt_cli checkpoint (no '{FORMAT}' tag); pass a .pt written by nmt train"
+            f"{path} is not an nmt_cli checkpoint (no '{FORMAT}' tag); "
+            "pass a .pt written by nmt train"
         )
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:

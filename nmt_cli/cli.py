@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from nmt_cli.console import console
 from nmt_cli.errors import NMTError
@@ -36,7 +37,9 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except NMTError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # soft_wrap: rich would otherwise wrap at 80 columns when stderr is not a terminal
+        # escape: a path like "runs/[old]/x.pt" is text, not rich markup
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
@@ -57,8 +60,11 @@ def preprocess(
     with user_errors():
         result = run_preprocess(load_config(recipe, set_ or []), out)
     summary = {
-        "out_dir": str(result.out_dir), "pairs": result.pairs, "cleaning": result.clean.as_dict(),
-        "vocab_size": result.vocab_size, "seconds": round(result.seconds, 1),
+        "out_dir": str(result.out_dir),
+        "pairs": result.pairs,
+        "cleaning": result.clean.as_dict(),
+        "vocab_size": result.vocab_size,
+        "seconds": round(result.seconds, 1),
     }
     if json_:
         print(json.dumps(summary))
@@ -86,8 +92,11 @@ def train(
     with user_errors():
         result = run_train(load_config(recipe, set_ or []), data, out, resume=resume, device=device)
     summary = {
-        "run_dir": str(result.run_dir), "steps": result.steps, "best_bleu": result.best_bleu,
-        "best_step": result.best_step, "seconds": round(result.seconds, 1),
+        "run_dir": str(result.run_dir),
+        "steps": result.steps,
+        "best_bleu": result.best_bleu,
+        "best_step": result.best_step,
+        "seconds": round(result.seconds, 1),
         "stopped_by": result.stopped_by,
     }
     if json_:
@@ -95,7 +104,10 @@ def train(
     else:
         console.print_json(data=summary)
     if result.stopped_by == "interrupted":
-        console.print(f"interrupted: saved {out / 'last.pt'}; continue with --resume {out / 'last.pt'}")
+        console.print(
+            f"interrupted: saved {out / 'last.pt'}; continue with --resume {out / 'last.pt'}",
+            soft_wrap=True,
+        )
         raise typer.Exit(130)
 
 
@@ -127,8 +139,14 @@ def translate(
     from nmt_cli.streams import atomic_output, read_line_chunks
     from nmt_cli.translate import Translator
 
-    overrides = _decode_overrides(beam=beam, alpha=alpha, n_best=n_best, max_len_a=max_len_a,
-                                  max_len_b=max_len_b, batch_tokens=batch_tokens)
+    overrides = _decode_overrides(
+        beam=beam,
+        alpha=alpha,
+        n_best=n_best,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        batch_tokens=batch_tokens,
+    )
     if n_best is not None and beam is None:
         overrides["beam"] = max(n_best, 5)
     with user_errors(), contextlib.ExitStack() as stack:
@@ -176,7 +194,7 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     json_: Annotated[bool, typer.Option("--json", help="Print scores as JSON on stdout.")] = False,
 ) -> None:
-    """Score translations with sacreBLEU (BLEU, chrF, TER): CKPT --src F --ref F, or --hyp F --ref F."""
+    """Score with sacreBLEU (BLEU, chrF, TER): CKPT --src F --ref F, or --hyp F --ref F."""
     from nmt_cli.errors import ConfigError
     from nmt_cli.evaluate import evaluate, render_eval_table
 
@@ -184,8 +202,15 @@ def eval_(
         if (checkpoint is None) == (hyp is None) or (checkpoint is not None) != (src is not None):
             raise ConfigError("give either CHECKPOINT --src F --ref F, or --hyp F --ref F")
         overrides = _decode_overrides(beam=beam, alpha=alpha, batch_tokens=batch_tokens)
-        result = evaluate(ref=ref, hyp=hyp, checkpoint=checkpoint, src=src, device=device,
-                          decode_overrides=overrides, save_hyp=save_hyp)
+        result = evaluate(
+            ref=ref,
+            hyp=hyp,
+            checkpoint=checkpoint,
+            src=src,
+            device=device,
+            decode_overrides=overrides,
+            save_hyp=save_hyp,
+        )
     render_eval_table(result, console)
     if json_:
         print(json.dumps(result.to_dict()))
@@ -193,9 +218,9 @@ def eval_(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Where to write corpus, run and heatmap.")] = Path(
-        "demo-out"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", help="Where to write corpus, run and heatmap.")
+    ] = Path("demo-out"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:

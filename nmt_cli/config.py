@@ -193,7 +193,9 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     preset = model_raw.get("preset")
     if preset is not None:
         if preset not in MODEL_PRESETS:
-            raise ConfigError(f"unknown model.preset {preset!r}; choose one of {', '.join(MODEL_PRESETS)}")
+            raise ConfigError(
+                f"unknown model.preset {preset!r}; choose one of {', '.join(MODEL_PRESETS)}"
+            )
         model_raw = {**MODEL_PRESETS[preset], **model_raw}
     base = _build(Config, {k: v for k, v in raw.items()}, "", skip={"model"})
     model = _build(MODEL_CONFIGS[model_type], model_raw, "model.")
@@ -243,7 +245,11 @@ def _build(cls: type, raw: Any, prefix: str, skip: set[str] = frozenset()) -> An
             continue
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"
+            hint = (
+                f"; did you mean {prefix}{near[0]}?"
+                if near
+                else f"; valid keys: {', '.join(names)}"
+            )
             raise ConfigError(f"unknown recipe key {prefix}{key}{hint}")
         kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
     return cls(**kwargs)
@@ -267,7 +273,9 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             return tuple(_coerce(args[0], v, f"{name}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{name} needs {len(args)} values, got {len(value)}")
-        return tuple(_coerce(a, v, f"{name}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(
+            _coerce(a, v, f"{name}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if hint is Any:
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -277,9 +285,9 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             return float(value)  # YAML 1.1 reads "1e-3" as a string
         except ValueError:
             pass
-    if hint in (int, str, bool, float) and not (isinstance(value, hint) and not (
-        hint is int and isinstance(value, bool)
-    )):
+    if hint in (int, str, bool, float) and not (
+        isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    ):
         raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
     return value
 

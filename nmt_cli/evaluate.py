@@ -143,7 +143,9 @@ def evaluate(
         hypotheses = read_lines(hyp)
     else:
         sources = read_lines(src)
-        translator = Translator.from_checkpoint(checkpoint, resolve_device(device), decode_overrides)
+        translator = Translator.from_checkpoint(
+            checkpoint, resolve_device(device), decode_overrides
+        )
         hypotheses = [t.text for t in translator.translate(sources)]
         if save_hyp is not None:
             with atomic_output(save_hyp, None) as handle:

@@ -160,8 +160,11 @@ class Trainer:
         with autocast(self.device, self.cfg.train.precision):
             logits = self.model(src, src_mask, tgt_in)  # [B, T, V]
         loss = F.cross_entropy(
-            logits.float().flatten(0, 1), tgt_out.flatten(), ignore_index=PAD,
-            label_smoothing=label_smoothing, reduction="sum",
+            logits.float().flatten(0, 1),
+            tgt_out.flatten(),
+            ignore_index=PAD,
+            label_smoothing=label_smoothing,
+            reduction="sum",
         )
         return loss, int((tgt_out != PAD).sum())
 
@@ -186,8 +189,9 @@ class Trainer:
         self.model.eval()
         total, count = 0.0, 0
         reader = self.valid_data
-        for indices in make_batches(reader.src_lengths, reader.tgt_lengths,
-                                    self.cfg.train.batch_tokens, seed=0, epoch=0):
+        for indices in make_batches(
+            reader.src_lengths, reader.tgt_lengths, self.cfg.train.batch_tokens, seed=0, epoch=0
+        ):
             loss, ntokens = self.loss(collate([reader.pair(i) for i in indices], self.device), 0.0)
             total, count = total + float(loss), count + ntokens
         src_lang, tgt_lang = self.langs
@@ -242,12 +246,24 @@ def train(
         TextColumn("lr {task.fields[lr]:.2e}"),
     )
     with _InterruptFlag() as interrupt, log, bar:
-        task = bar.add_task("train", total=t.max_steps, completed=trainer.step, loss=0.0,
-                            tps=0.0, lr=0.0, visible=show_progress)
+        task = bar.add_task(
+            "train",
+            total=t.max_steps,
+            completed=trainer.step,
+            loss=0.0,
+            tps=0.0,
+            lr=0.0,
+            visible=show_progress,
+        )
         window_tokens, window_start = 0, time.perf_counter()
         while trainer.step < t.max_steps and stopped_by == "max_steps":
-            batches = make_batches(trainer.train_data.src_lengths, trainer.train_data.tgt_lengths,
-                                   t.batch_tokens, seed=t.seed, epoch=trainer.epoch)
+            batches = make_batches(
+                trainer.train_data.src_lengths,
+                trainer.train_data.tgt_lengths,
+                t.batch_tokens,
+                seed=t.seed,
+                epoch=trainer.epoch,
+            )
             while trainer.batch_in_epoch < len(batches):
                 loss, ntokens = trainer.update(batches[trainer.batch_in_epoch])
                 trainer.step += 1
@@ -259,24 +275,36 @@ def train(
                     elapsed = time.perf_counter() - window_start
                     tps = window_tokens / max(elapsed, 1e-9)
                     lr = learning_rate(t, trainer.step)
-                    log.write(json.dumps({"step": trainer.step, "loss": loss, "lr": lr,
-                                          "tok_per_s": round(tps, 1)}) + "\n")
+                    log.write(
+                        json.dumps(
+                            {
+                                "step": trainer.step,
+                                "loss": loss,
+                                "lr": lr,
+                                "tok_per_s": round(tps, 1),
+                            }
+                        )
+                        + "\n"
+                    )
                     log.flush()
                     bar.update(task, completed=trainer.step, loss=loss, tps=tps, lr=lr)
                     window_tokens, window_start = 0, time.perf_counter()
-                if interrupt.raised:
-                    stopped_by = "interrupted"
-                    break
                 at_end = trainer.step == t.max_steps
                 if trainer.valid_data is not None and (trainer.step % t.valid_every == 0 or at_end):
                     metrics = trainer.validate()
                     log.write(json.dumps({"step": trainer.step, **metrics}) + "\n")
                     log.flush()
-                    console.log(f"step {trainer.step}: valid loss {metrics['valid_loss']:.3f}, "
-                                f"BLEU {metrics['valid_bleu']:.2f}")
+                    console.log(
+                        f"step {trainer.step}: valid loss {metrics['valid_loss']:.3f}, "
+                        f"BLEU {metrics['valid_bleu']:.2f}"
+                    )
                     if trainer.after_validation(metrics):
                         stopped_by = "early_stopping"
                     window_start = time.perf_counter()
+                # After validation: a validation due at this step must not be skipped, or the
+                # resumed run (which starts at the next step) would never run it.
+                if interrupt.raised and stopped_by == "max_steps":
+                    stopped_by = "interrupted"
                 if at_end or stopped_by != "max_steps":
                     break
             else:
@@ -284,5 +312,11 @@ def train(
                 trainer.batch_in_epoch = 0
         if stopped_by == "interrupted" or trainer.valid_data is None:
             trainer.save(run_dir / "last.pt", {}, with_train_state=True)
-    return TrainResult(run_dir, trainer.step, trainer.best_bleu, trainer.best_step,
-                       time.perf_counter() - started, stopped_by)
+    return TrainResult(
+        run_dir,
+        trainer.step,
+        trainer.best_bleu,
+        trainer.best_step,
+        time.perf_counter() - started,
+        stopped_by,
+    )

@@ -57,7 +57,10 @@ class Translator:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: torch.device, decode_overrides: dict | None = None,
+        cls,
+        path: str | Path,
+        device: torch.device,
+        decode_overrides: dict | None = None,
         precision: str = "fp32",
     ) -> Translator:
         """Everything needed comes from the `.pt` file: config, tokenizers and weights."""
@@ -76,14 +79,34 @@ class Translator:
             ) from None
         model.to(device).eval()
         decode = dataclasses.replace(cfg.decode, **(decode_overrides or {}))
-        return cls(model, src_tok, tgt_tok, decode, max_input_tokens=cfg.model.max_len,
-                   device=device, precision=precision)
+        return cls(
+            model,
+            src_tok,
+            tgt_tok,
+            decode,
+            max_input_tokens=cfg.model.max_len,
+            device=device,
+            precision=precision,
+        )
 
     @classmethod
-    def from_config(cls, cfg: Config, model: torch.nn.Module, src: Tokenizer, tgt: Tokenizer,
-                    device: torch.device) -> Translator:
-        return cls(model, src, tgt, cfg.decode, max_input_tokens=cfg.model.max_len,
-                   device=device, precision=cfg.train.precision)
+    def from_config(
+        cls,
+        cfg: Config,
+        model: torch.nn.Module,
+        src: Tokenizer,
+        tgt: Tokenizer,
+        device: torch.device,
+    ) -> Translator:
+        return cls(
+            model,
+            src,
+            tgt,
+            cfg.decode,
+            max_input_tokens=cfg.model.max_len,
+            device=device,
+            precision=cfg.train.precision,
+        )
 
     def translate(
         self, lines: list[str], *, first_line: int = 1, keep_attention: bool = False
@@ -102,7 +125,9 @@ class Translator:
             if not ids[i]:
                 results[i] = Translation("", [("", 0.0)], [], [], None)
         for batch in self._batches(nonempty, ids):
-            for i, hyps in zip(batch, self._search([ids[i] for i in batch], keep_attention)):
+            for i, hyps in zip(
+                batch, self._search([ids[i] for i in batch], keep_attention), strict=True
+            ):
                 results[i] = self._to_translation(ids[i], hyps)
         return results  # type: ignore[return-value]
 
@@ -130,11 +155,28 @@ class Translator:
         d = self.decode
         with autocast(self.device, self.precision):
             if d.beam == 1:
-                return greedy_search(self.model, src, src_mask, bos=BOS, eos=EOS,
-                                     max_len_a=d.max_len_a, max_len_b=d.max_len_b)
-            return beam_search(self.model, src, src_mask, beam=d.beam, bos=BOS, eos=EOS,
-                               alpha=d.alpha, max_len_a=d.max_len_a, max_len_b=d.max_len_b,
-                               n_best=d.n_best, keep_attention=keep_attention)
+                return greedy_search(
+                    self.model,
+                    src,
+                    src_mask,
+                    bos=BOS,
+                    eos=EOS,
+                    max_len_a=d.max_len_a,
+                    max_len_b=d.max_len_b,
+                )
+            return beam_search(
+                self.model,
+                src,
+                src_mask,
+                beam=d.beam,
+                bos=BOS,
+                eos=EOS,
+                alpha=d.alpha,
+                max_len_a=d.max_len_a,
+                max_len_b=d.max_len_b,
+                n_best=d.n_best,
+                keep_attention=keep_attention,
+            )
 
     def _to_translation(self, src_ids: list[int], hyps) -> Translation:
         best = hyps[0]

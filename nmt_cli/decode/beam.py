@@ -67,8 +67,8 @@ def beam_search(
 
         if keep_attention and attention is not None:
             step_attn = attention.float().unsqueeze(1)  # [B*K, 1, S]
-            attn_history = step_attn if attn_history is None else torch.cat(
-                [attn_history, step_attn], dim=1
+            attn_history = (
+                step_attn if attn_history is None else torch.cat([attn_history, step_attn], dim=1)
             )
 
         # Set aside EOS hypotheses that rank within the top K of a sentence still running.

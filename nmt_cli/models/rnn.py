@@ -106,8 +106,11 @@ class LSTMStackCell(nn.Module):
         )
 
     def forward(
-        self, first_gates: torch.Tensor, first_input: torch.Tensor | None,
-        hidden: torch.Tensor, cell: torch.Tensor,
+        self,
+        first_gates: torch.Tensor,
+        first_input: torch.Tensor | None,
+        hidden: torch.Tensor,
+        cell: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """first_gates [B, 4H] (embedding part of layer 1), first_input [B, F] or None,
         hidden/cell [B, L, H] -> top output [B, H], new hidden, new cell."""
@@ -133,14 +136,22 @@ class LSTMStackCell(nn.Module):
 class RNNSeq2Seq(nn.Module):
     """Encoder-attention-decoder with the model interface that decoding relies on."""
 
-    def __init__(self, cfg: RNNModelConfig, src_vocab: int, tgt_vocab: int, shared_vocab: bool,
-                 pad_id: int = 0) -> None:
+    def __init__(
+        self,
+        cfg: RNNModelConfig,
+        src_vocab: int,
+        tgt_vocab: int,
+        shared_vocab: bool,
+        pad_id: int = 0,
+    ) -> None:
         super().__init__()
         E, H = cfg.emb_dim, cfg.hidden_dim
         self.cfg = cfg
         self.tgt_embed = nn.Embedding(tgt_vocab, E, padding_idx=pad_id)
         tie_src = cfg.tie_embeddings and shared_vocab
-        self.src_embed = self.tgt_embed if tie_src else nn.Embedding(src_vocab, E, padding_idx=pad_id)
+        self.src_embed = (
+            self.tgt_embed if tie_src else nn.Embedding(src_vocab, E, padding_idx=pad_id)
+        )
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.encoder = RNNEncoder(cfg)
         self.bridge = nn.Linear(H, cfg.dec_layers * H)
@@ -226,5 +237,7 @@ class RNNSeq2Seq(nn.Module):
         return self.output(out)
 
 
-def build_rnn(cfg: RNNModelConfig, src_vocab: int, tgt_vocab: int, shared_vocab: bool) -> RNNSeq2Seq:
+def build_rnn(
+    cfg: RNNModelConfig, src_vocab: int, tgt_vocab: int, shared_vocab: bool
+) -> RNNSeq2Seq:
     return RNNSeq2Seq(cfg, src_vocab, tgt_vocab, shared_vocab)

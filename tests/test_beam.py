@@ -1,0 +1,215 @@
+"""Scripted-probability search tests: a fake model whose next-word distribution is a table.
+
+The fake implements only the decoding interface (`encode`, `init_state`, `step`), so these
+tests also check that greedy and beam search need nothing else. Every expected token and
+score below is computed by hand from the tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nmt_cli.decode.beam import beam_search, length_penalty
+from nmt_cli.decode.greedy import greedy_search
+from nmt_cli.models.state import DecoderState
+
+PAD, UNK, BOS, EOS, A, B, C = range(7)
+V = 7
+FLOOR = 1e-9  # probability of anything a script does not mention (a real softmax is never 0)
+
+Script = dict[tuple[int, ...], dict[int, float]]
+
+# Greedy takes A (0.6) and must then end with EOS (0.4): p = 0.24. The better translation
+# starts with the locally worse B (0.4) and ends at once (0.9): p = 0.36.
+GREEDY_TRAP: Script = {
+    (): {A: 0.6, B: 0.4},
+    (A,): {EOS: 0.4, B: 0.3, C: 0.3},
+    (B,): {EOS: 0.9, C: 0.1},
+}
+
+# A short hypothesis "A" (p = 0.55, |Y| = 2 with EOS) against a long one "B B B" (p = 0.45,
+# |Y| = 4): raw log-probability prefers the short one, a strong length penalty the long one.
+SHORT_VS_LONG: Script = {
+    (): {A: 0.55, B: 0.45},
+    (A,): {EOS: 1.0},
+    (B,): {B: 1.0},
+    (B, B): {B: 1.0},
+    (B, B, B): {EOS: 1.0},
+}
+
+# Never ends by itself: only the length limit stops it.
+ENDLESS: Script = {}
+
+
+def endless(prefix: tuple[int, ...]) -> dict[int, float]:
+    return {A: 0.7, B: 0.3}
+
+
+SCRIPTS = [GREEDY_TRAP, SHORT_VS_LONG, ENDLESS]
+
+
+def distribution(script_id: int, prefix: tuple[int, ...]) -> dict[int, float]:
+    if SCRIPTS[script_id] is ENDLESS:
+        return endless(prefix)
+    return SCRIPTS[script_id].get(prefix, {})
+
+
+@dataclasses.dataclass
+class ScriptState(DecoderState):
+    script: torch.Tensor  # [B] which table drives this sentence
+    prefix: torch.Tensor  # [B, t] tokens emitted so far (BOS excluded)
+
+
+class ScriptedModel(nn.Module):
+    """Source token 4 + k selects SCRIPTS[k]; the rest of the source only sets its length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        return src[:, 0] - A  # [B] script index
+
+    def init_state(self, memory: torch.Tensor) -> ScriptState:
+        return ScriptState(script=memory, prefix=memory.new_zeros(memory.size(0), 0))
+
+    def step(self, prev: torch.Tensor, state: ScriptState):
+        self.steps += 1
+        prefix = state.prefix
+        if prefix.size(1) > 0 or not bool((prev == BOS).all()):
+            prefix = torch.cat([prefix, prev.unsqueeze(1)], dim=1)
+        log_probs = torch.full((prev.size(0), V), math.log(FLOOR))
+        for row, (script, tokens) in enumerate(
+            zip(state.script.tolist(), prefix.tolist(), strict=True)
+        ):
+            for token, p in distribution(script, tuple(tokens)).items():
+                log_probs[row, token] = math.log(p)
+        return log_probs, dataclasses.replace(state, prefix=prefix), None
+
+
+def source(script_id: int, length: int, pad_to: int | None = None) -> list[int]:
+    ids = [A + script_id] + [C] * (length - 2) + [EOS]
+    return ids + [PAD] * ((pad_to or length) - length)
+
+
+def batch(*rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    src = torch.tensor(rows)
+    return src, src != PAD
+
+
+def beam(src, mask, *, k: int, alpha: float = 0.0, a: float = 0.0, b: int = 10, n_best: int = 1):
+    return beam_search(
+        ScriptedModel(),
+        src,
+        mask,
+        beam=k,
+        bos=BOS,
+        eos=EOS,
+        alpha=alpha,
+        max_len_a=a,
+        max_len_b=b,
+        n_best=n_best,
+    )
+
+
+def greedy(src, mask, *, a: float = 0.0, b: int = 10):
+    return greedy_search(ScriptedModel(), src, mask, bos=BOS, eos=EOS, max_len_a=a, max_len_b=b)
+
+
+def test_greedy_takes_the_locally_best_word() -> None:
+    (hyps,) = greedy(*batch(source(0, 3)))
+    assert [h.tokens for h in hyps] == [[A]]
+    assert hyps[0].score == pytest.approx(math.log(0.6 * 0.4))
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_beam_finds_the_globally_best_translation(k: int) -> None:
+    (hyps,) = beam(*batch(source(0, 3)), k=k, n_best=2)
+    assert [h.tokens for h in hyps] == [[B], [A]]
+    assert hyps[0].score == pytest.approx(math.log(0.4 * 0.9), abs=1e-6)
+    assert hyps[1].score == pytest.approx(math.log(0.6 * 0.4), abs=1e-6)
+
+
+def test_beam_one_is_greedy() -> None:
+    (hyps,) = beam(*batch(source(0, 3)), k=1)
+    assert hyps[0].tokens == [A]
+    assert hyps[0].score == pytest.approx(math.log(0.24), abs=1e-6)
+
+
+def test_n_best_is_sorted_best_first() -> None:
+    (hyps,) = beam(*batch(source(0, 3)), k=4, n_best=4)
+    assert len(hyps) == 4
+    scores = [h.score for h in hyps]
+    assert scores == sorted(scores, reverse=True)
+    assert [h.tokens for h in hyps[:2]] == [[B], [A]]
+    # Next come A B and A C (p = 0.6 * 0.3 each, then forced to junk): far behind.
+    assert all(s < math.log(0.24) for s in scores[2:])
+
+
+def test_length_penalty_formula() -> None:
+    assert length_penalty(1, 0.0) == 1.0
+    assert length_penalty(7, 1.0) == pytest.approx(2.0)
+    assert length_penalty(4, 0.6) == pytest.approx(1.5**0.6)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "winner"), [(0.0, [A]), (0.6, [A]), (1.0, [A]), (2.0, [B, B, B])]
+)
+def test_length_penalty_changes_the_winner(alpha: float, winner: list[int]) -> None:
+    (hyps,) = beam(*batch(source(1, 3)), k=2, alpha=alpha, n_best=2)
+    short = math.log(0.55) / length_penalty(2, alpha)  # "A" + EOS
+    long = math.log(0.45) / length_penalty(4, alpha)  # "B B B" + EOS
+    assert (short > long) == (winner == [A])
+    assert hyps[0].tokens == winner
+    by_tokens = {tuple(h.tokens): h.score for h in hyps}
+    assert by_tokens == {(A,): pytest.approx(short), (B, B, B): pytest.approx(long)}
+
+
+@pytest.mark.parametrize(("src_len", "a", "b"), [(3, 0.0, 4), (3, 1.0, 1), (5, 0.5, 2)])
+def test_max_length_forces_eos(src_len: int, a: float, b: int) -> None:
+    limit = int(a * src_len + b)  # steps, EOS included
+    src, mask = batch(source(2, src_len))
+    (best,) = beam(src, mask, k=2, a=a, b=b)[0]
+    assert best.tokens == [A] * (limit - 1)
+    assert best.score == pytest.approx((limit - 1) * math.log(0.7) + math.log(FLOOR), abs=1e-4)
+    (g,) = greedy(src, mask, a=a, b=b)[0]
+    assert g.tokens == [A] * (limit - 1)
+    (all_hyps) = beam(src, mask, k=3, a=a, b=b, n_best=3)[0]
+    assert all(len(h.tokens) == limit - 1 for h in all_hyps)
+
+
+def test_max_length_is_at_least_one_step() -> None:
+    (hyps,) = beam(*batch(source(2, 3)), k=2, a=0.0, b=0)
+    assert hyps[0].tokens == []
+    (g,) = greedy(*batch(source(2, 3)), a=0.0, b=0)[0]
+    assert g.tokens == []
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_batched_beam_equals_one_at_a_time(k: int) -> None:
+    rows = [source(0, 2), source(2, 5), source(1, 3)]
+    S = max(len(r) for r in rows)
+    together = beam(
+        *batch(*(r + [PAD] * (S - len(r)) for r in rows)), k=k, a=1.0, b=2, alpha=0.6, n_best=k
+    )
+    alone = [beam(*batch(r), k=k, a=1.0, b=2, alpha=0.6, n_best=k)[0] for r in rows]
+    for got, want in zip(together, alone, strict=True):
+        assert [h.tokens for h in got] == [h.tokens for h in want]
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-6)
+    # The long sentence's limit (1 * 5 + 2 = 7 steps) is its own, not the batch's shortest.
+    assert together[1][0].tokens == [A] * 6
+
+
+def test_batched_greedy_equals_one_at_a_time() -> None:
+    rows = [source(0, 2), source(2, 5), source(1, 3)]
+    S = max(len(r) for r in rows)
+    together = greedy(*batch(*(r + [PAD] * (S - len(r)) for r in rows)), a=1.0, b=2)
+    alone = [greedy(*batch(r), a=1.0, b=2)[0] for r in rows]
+    for got, want in zip(together, alone, strict=True):
+        assert got[0].tokens == want[0].tokens
+        assert got[0].score == pytest.approx(want[0].score, abs=1e-6)
