@@ -134,6 +134,7 @@ def evaluate(
     Translation uses the checkpoint's decoding settings (as validation during training did),
     with `decode_overrides` on top, so `nmt eval` reproduces the BLEU that chose best.pt.
     """
+    from nmt_cli.console import progress
     from nmt_cli.runtime import resolve_device
     from nmt_cli.streams import atomic_output
     from nmt_cli.translate import Translator
@@ -146,7 +147,10 @@ def evaluate(
         translator = Translator.from_checkpoint(
             checkpoint, resolve_device(device), decode_overrides
         )
-        hypotheses = [t.text for t in translator.translate(sources)]
+        with progress() as bar:
+            task = bar.add_task("translating", total=len(sources))
+            translations = translator.translate(sources, on_progress=lambda n: bar.advance(task, n))
+        hypotheses = [t.text for t in translations]
         if save_hyp is not None:
             with atomic_output(save_hyp, None) as handle:
                 handle.writelines(line + "\n" for line in hypotheses)

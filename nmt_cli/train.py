@@ -217,6 +217,50 @@ class Trainer:
         patience = self.cfg.train.patience
         return patience > 0 and self.bad_validations >= patience
 
+    # --- the loop --------------------------------------------------------------------------
+    def run(
+        self,
+        interrupt: _InterruptFlag,
+        record: Callable[[dict[str, float]], None],
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> str:
+        """Update until max_steps, early stopping or Ctrl-C; return which one stopped it."""
+        t = self.cfg.train
+        window_tokens, window_start = 0, time.perf_counter()
+        while self.step < t.max_steps:
+            batches = make_batches(self.train_data.src_lengths, self.train_data.tgt_lengths,
+                                   t.batch_tokens, seed=t.seed, epoch=self.epoch)  # fmt: skip
+            while self.batch_in_epoch < len(batches):
+                loss, ntokens = self.update(batches[self.batch_in_epoch])
+                self.step += 1
+                self.batch_in_epoch += 1
+                window_tokens += ntokens
+                if on_step is not None:
+                    on_step(self.step, loss)
+                at_end = self.step == t.max_steps
+                if self.step % t.log_every == 0 or at_end:
+                    tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                    record({"loss": loss, "lr": learning_rate(t, self.step),
+                            "tok_per_s": round(tps, 1)})  # fmt: skip
+                    window_tokens, window_start = 0, time.perf_counter()
+                early_stop = False
+                if self.valid_data is not None and (self.step % t.valid_every == 0 or at_end):
+                    metrics = self.validate()
+                    record(metrics)
+                    early_stop = self.after_validation(metrics)
+                    window_start = time.perf_counter()
+                # Checked after validation: a validation due at this step must not be skipped,
+                # or the resumed run (which starts at the next step) would never run it.
+                if early_stop:
+                    return "early_stopping"
+                if interrupt.raised:
+                    return "interrupted"
+                if at_end:
+                    return "max_steps"
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        return "max_steps"
+
 
 def train(
     cfg: Config,
@@ -236,87 +280,32 @@ def train(
     trainer = Trainer(cfg, data_dir, run_dir, resolve_device(device))
     if resume is not None:
         trainer.restore(Path(resume))
-    t = cfg.train
-    log = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
     started = time.perf_counter()
-    stopped_by = "max_steps"
     bar = progress(
         TextColumn("loss {task.fields[loss]:.3f}"),
         TextColumn("{task.fields[tps]:,.0f} tok/s"),
         TextColumn("lr {task.fields[lr]:.2e}"),
     )
-    with _InterruptFlag() as interrupt, log, bar:
-        task = bar.add_task(
-            "train",
-            total=t.max_steps,
-            completed=trainer.step,
-            loss=0.0,
-            tps=0.0,
-            lr=0.0,
-            visible=show_progress,
-        )
-        window_tokens, window_start = 0, time.perf_counter()
-        while trainer.step < t.max_steps and stopped_by == "max_steps":
-            batches = make_batches(
-                trainer.train_data.src_lengths,
-                trainer.train_data.tgt_lengths,
-                t.batch_tokens,
-                seed=t.seed,
-                epoch=trainer.epoch,
-            )
-            while trainer.batch_in_epoch < len(batches):
-                loss, ntokens = trainer.update(batches[trainer.batch_in_epoch])
-                trainer.step += 1
-                trainer.batch_in_epoch += 1
-                window_tokens += ntokens
-                if on_step is not None:
-                    on_step(trainer.step, loss)
-                if trainer.step % t.log_every == 0 or trainer.step == t.max_steps:
-                    elapsed = time.perf_counter() - window_start
-                    tps = window_tokens / max(elapsed, 1e-9)
-                    lr = learning_rate(t, trainer.step)
-                    log.write(
-                        json.dumps(
-                            {
-                                "step": trainer.step,
-                                "loss": loss,
-                                "lr": lr,
-                                "tok_per_s": round(tps, 1),
-                            }
-                        )
-                        + "\n"
-                    )
-                    log.flush()
-                    bar.update(task, completed=trainer.step, loss=loss, tps=tps, lr=lr)
-                    window_tokens, window_start = 0, time.perf_counter()
-                at_end = trainer.step == t.max_steps
-                if trainer.valid_data is not None and (trainer.step % t.valid_every == 0 or at_end):
-                    metrics = trainer.validate()
-                    log.write(json.dumps({"step": trainer.step, **metrics}) + "\n")
-                    log.flush()
-                    console.log(
-                        f"step {trainer.step}: valid loss {metrics['valid_loss']:.3f}, "
-                        f"BLEU {metrics['valid_bleu']:.2f}"
-                    )
-                    if trainer.after_validation(metrics):
-                        stopped_by = "early_stopping"
-                    window_start = time.perf_counter()
-                # After validation: a validation due at this step must not be skipped, or the
-                # resumed run (which starts at the next step) would never run it.
-                if interrupt.raised and stopped_by == "max_steps":
-                    stopped_by = "interrupted"
-                if at_end or stopped_by != "max_steps":
-                    break
+    with (
+        _InterruptFlag() as interrupt,
+        (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as log,
+        bar,
+    ):
+        task = bar.add_task("train", total=cfg.train.max_steps, completed=trainer.step,
+                            loss=0.0, tps=0.0, lr=0.0, visible=show_progress)  # fmt: skip
+
+        def record(entry: dict[str, float]) -> None:
+            log.write(json.dumps({"step": trainer.step, **entry}) + "\n")
+            log.flush()
+            if "loss" in entry:
+                bar.update(task, completed=trainer.step, loss=entry["loss"],
+                           tps=entry["tok_per_s"], lr=entry["lr"])  # fmt: skip
             else:
-                trainer.epoch += 1
-                trainer.batch_in_epoch = 0
+                console.log(f"step {trainer.step}: valid loss {entry['valid_loss']:.3f}, "
+                            f"BLEU {entry['valid_bleu']:.2f}")  # fmt: skip
+
+        stopped_by = trainer.run(interrupt, record, on_step)
         if stopped_by == "interrupted" or trainer.valid_data is None:
             trainer.save(run_dir / "last.pt", {}, with_train_state=True)
-    return TrainResult(
-        run_dir,
-        trainer.step,
-        trainer.best_bleu,
-        trainer.best_step,
-        time.perf_counter() - started,
-        stopped_by,
-    )
+    return TrainResult(run_dir, trainer.step, trainer.best_bleu, trainer.best_step,
+                       time.perf_counter() - started, stopped_by)  # fmt: skip

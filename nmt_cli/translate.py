@@ -9,7 +9,7 @@ stays line-aligned with input.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -109,9 +109,17 @@ class Translator:
         )
 
     def translate(
-        self, lines: list[str], *, first_line: int = 1, keep_attention: bool = False
+        self,
+        lines: list[str],
+        *,
+        first_line: int = 1,
+        keep_attention: bool = False,
+        on_progress: Callable[[int], None] | None = None,
     ) -> list[Translation]:
-        """Translate `lines` (numbered from `first_line` in error messages), in order."""
+        """Translate `lines` (numbered from `first_line` in error messages), in order.
+
+        `on_progress(n)` is called after each batch with the number of sentences it held.
+        """
         ids = [self.src_tokenizer.encode(normalize(line)) for line in lines]
         for offset, seq in enumerate(ids):
             if len(seq) > self.max_input_tokens:
@@ -124,11 +132,15 @@ class Translator:
         for i in range(len(lines)):
             if not ids[i]:
                 results[i] = Translation("", [("", 0.0)], [], [], None)
+        if on_progress is not None and len(nonempty) < len(lines):
+            on_progress(len(lines) - len(nonempty))
         for batch in self._batches(nonempty, ids):
             for i, hyps in zip(
                 batch, self._search([ids[i] for i in batch], keep_attention), strict=True
             ):
                 results[i] = self._to_translation(ids[i], hyps)
+            if on_progress is not None:
+                on_progress(len(batch))
         return results  # type: ignore[return-value]
 
     def translate_stream(self, chunks: Iterable[list[str]], **kwargs) -> Iterator[Translation]:
