@@ -147,8 +147,6 @@ def translate(
         max_len_b=max_len_b,
         batch_tokens=batch_tokens,
     )
-    if n_best is not None and beam is None:
-        overrides["beam"] = max(n_best, 5)
     with user_errors(), contextlib.ExitStack() as stack:
         translator = Translator.from_checkpoint(checkpoint, resolve_device(device), overrides)
         if input_ is None:

@@ -21,7 +21,7 @@ from nmt_cli.data.corpus import normalize
 from nmt_cli.data.tokenizer import BOS, EOS, Tokenizer
 from nmt_cli.decode.beam import beam_search
 from nmt_cli.decode.greedy import greedy_search
-from nmt_cli.errors import CheckpointError, DataError
+from nmt_cli.errors import CheckpointError, ConfigError, DataError
 from nmt_cli.models import build_model
 from nmt_cli.runtime import autocast
 
@@ -79,6 +79,11 @@ class Translator:
             ) from None
         model.to(device).eval()
         decode = dataclasses.replace(cfg.decode, **(decode_overrides or {}))
+        if not 1 <= decode.n_best <= decode.beam:
+            raise ConfigError(
+                f"--n-best {decode.n_best} needs 1 <= n-best <= beam (beam is {decode.beam}); "
+                "raise --beam"
+            )
         return cls(
             model,
             src_tok,

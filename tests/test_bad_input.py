@@ -231,6 +231,13 @@ def test_line_longer_than_the_model_limit(checkpoint: Path, tmp_path: Path) -> N
     assert_one_line_error(r.exit_code, r.stderr, "line 2", "60 tokens", "limit of 40")
 
 
+def test_n_best_larger_than_the_beam(checkpoint: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("1 2 3\n", encoding="utf-8")
+    r = nmt("translate", checkpoint, "--input", src, "--n-best", "4", "--beam", "2")
+    assert_one_line_error(r.exit_code, r.stderr, "--n-best 4", "beam is 2", "--beam")
+
+
 @pytest.mark.parametrize("failure", ["too_long", "invalid_utf8"])
 @pytest.mark.parametrize("existing", [True, False])
 def test_failed_translate_leaves_output_alone(
