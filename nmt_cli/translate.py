@@ -148,11 +148,11 @@ class Translator:
                 on_progress(len(batch))
         return results  # type: ignore[return-value]
 
-    def translate_stream(self, chunks: Iterable[list[str]], **kwargs) -> Iterator[Translation]:
+    def translate_stream(self, chunks: Iterable[list[str]]) -> Iterator[Translation]:
         """Translate chunk after chunk, yielding each chunk's results before reading the next."""
         line = 1
         for chunk in chunks:
-            yield from self.translate(chunk, first_line=line, **kwargs)
+            yield from self.translate(chunk, first_line=line)
             line += len(chunk)
 
     def _batches(self, order: list[int], ids: list[list[int]]) -> Iterator[list[int]]:
