@@ -93,19 +93,56 @@ class RNNModelConfig:
     max_len: int = 256
 
 
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    # GNMT (Wu et al. 2016, sec. 3): deep LSTM stacks, only the bottom encoder layer is
-    # bidirectional, residual connections from the third layer up, additive attention.
-    "gnmt": {
-        "enc_layers": 8,
-        "dec_layers": 8,
-        "bidirectional": "bottom",
-        "residual_from": 3,
-        "attention": "concat",
+@dataclass(frozen=True)
+class TransformerModelConfig:
+    """The Transformer (Vaswani et al. 2017). The defaults are the paper's base model.
+
+    `norm: post` normalises after each residual addition, as in the paper; `pre` normalises
+    each block's input (Xiong et al. 2020), which trains stably without a long warm-up.
+    Source, target and output embeddings are one matrix when the vocabulary is joint and
+    `tie_embeddings` is set; otherwise only the target embedding and output layer are tied.
+    """
+
+    type: str = "transformer"
+    preset: str | None = None
+    d_model: int = 512
+    heads: int = 8
+    ff_dim: int = 2048
+    enc_layers: int = 6
+    dec_layers: int = 6
+    norm: str = "post"  # post | pre
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    tie_embeddings: bool = True
+    max_len: int = 256
+
+
+# Named model sizes per family; a recipe's own keys override the preset's.
+MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "rnn": {
+        # GNMT (Wu et al. 2016, sec. 3): deep LSTM stacks, only the bottom encoder layer is
+        # bidirectional, residual connections from the third layer up, additive attention.
+        "gnmt": {
+            "enc_layers": 8,
+            "dec_layers": 8,
+            "bidirectional": "bottom",
+            "residual_from": 3,
+            "attention": "concat",
+        },
+    },
+    "transformer": {
+        # A size that trains in minutes on a CPU (the PEERS.md protocol's model).
+        "small": {"d_model": 256, "heads": 4, "ff_dim": 1024, "enc_layers": 3, "dec_layers": 3},
+        # Vaswani et al. 2017, table 3.
+        "base": {"d_model": 512, "heads": 8, "ff_dim": 2048, "enc_layers": 6, "dec_layers": 6,
+                 "dropout": 0.1},  # fmt: skip
+        "big": {"d_model": 1024, "heads": 16, "ff_dim": 4096, "enc_layers": 6, "dec_layers": 6,
+                "dropout": 0.3},  # fmt: skip
     },
 }
 
-MODEL_CONFIGS: dict[str, type] = {"rnn": RNNModelConfig}
+MODEL_CONFIGS: dict[str, type] = {"rnn": RNNModelConfig, "transformer": TransformerModelConfig}
 
 
 @dataclass(frozen=True)
@@ -192,11 +229,13 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         )
     preset = model_raw.get("preset")
     if preset is not None:
-        if preset not in MODEL_PRESETS:
+        presets = MODEL_PRESETS[model_type]
+        if preset not in presets:
             raise ConfigError(
-                f"unknown model.preset {preset!r}; choose one of {', '.join(MODEL_PRESETS)}"
+                f"unknown model.preset {preset!r} for {model_type}; "
+                f"choose one of {', '.join(presets)}"
             )
-        model_raw = {**MODEL_PRESETS[preset], **model_raw}
+        model_raw = {**presets[preset], **model_raw}
     base = _build(Config, {k: v for k, v in raw.items()}, "", skip={"model"})
     model = _build(MODEL_CONFIGS[model_type], model_raw, "model.")
     cfg = dataclasses.replace(base, model=model)
@@ -226,6 +265,10 @@ def validate(cfg: Config) -> None:
                 "model.residual_from: 1 adds the embeddings to layer 1's output, so model.emb_dim "
                 "must equal model.hidden_dim; use residual_from >= 2"
             )
+    if isinstance(cfg.model, TransformerModelConfig):
+        choices["model.norm"] = (cfg.model.norm, ("post", "pre"))
+        if cfg.model.d_model % cfg.model.heads:
+            raise ConfigError("model.d_model must be a multiple of model.heads")
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")

@@ -16,8 +16,9 @@ from typing import Any
 from torch import nn
 
 from nmt_cli.models.rnn import build_rnn
+from nmt_cli.models.transformer import build_transformer
 
-BUILDERS = {"rnn": build_rnn}
+BUILDERS = {"rnn": build_rnn, "transformer": build_transformer}
 
 
 def build_model(model_cfg: Any, src_vocab: int, tgt_vocab: int, shared_vocab: bool) -> nn.Module:

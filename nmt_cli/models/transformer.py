@@ -1,0 +1,325 @@
+"""The Transformer (Vaswani et al. 2017): attention is all the model uses to relate words.
+
+The encoder turns the source into one vector per position through self-attention (every
+position looks at every other) and position-wise feed-forward blocks. The decoder does the
+same over the words produced so far, masked so that position t sees only positions <= t,
+and in each layer also attends to the encoder's vectors (cross-attention), the role that
+the attention of the RNN seq2seq plays. Word order enters only through sinusoidal position
+encodings added to the embeddings.
+
+Each attention is multi-head: queries, keys and values are projected into `heads` smaller
+spaces, attended in parallel by `F.scaled_dot_product_attention` (flash / memory-efficient
+kernels on GPU, fused kernels on CPU) and concatenated back.
+
+Incremental decoding keeps, per decoder layer, the keys and values of the words produced so
+far (the self-attention cache) and the projected encoder keys and values (computed once per
+sentence), so each `step` costs one position rather than the whole prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmt_cli.config import TransformerModelConfig
+from nmt_cli.models.state import DecoderState
+
+
+@dataclasses.dataclass
+class TransformerMemory:
+    states: torch.Tensor  # [B, S, D] encoder output
+    mask: torch.Tensor  # [B, S] True on real tokens
+
+
+@dataclasses.dataclass
+class TransformerState(DecoderState):
+    self_keys: torch.Tensor  # [B, L, h, t, d_h] keys of the t words decoded so far, per layer
+    self_values: torch.Tensor  # [B, L, h, t, d_h]
+    cross_keys: torch.Tensor  # [B, L, h, S, d_h] encoder keys, projected once per sentence
+    cross_values: torch.Tensor  # [B, L, h, S, d_h]
+    key_mask: torch.Tensor  # [B, 1, 1, S] True on real source tokens
+
+
+def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """positions [T] -> encodings [T, dim] (Vaswani sec. 3.5):
+
+    PE(pos, 2i) = sin(pos / 10000^(2i/dim)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/dim)).
+
+    Computed on demand, so any length works and nothing is stored in the checkpoint.
+    """
+    inv_freq = torch.exp(
+        torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32)
+        * (-math.log(10000.0) / dim)
+    )
+    angles = positions.float().unsqueeze(1) * inv_freq  # [T, dim/2]
+    return torch.stack([angles.sin(), angles.cos()], dim=2).flatten(1)  # interleaved sin/cos
+
+
+class MultiHeadAttention(nn.Module):
+    """softmax(Q K^T / sqrt(d_h)) V in `heads` subspaces (Vaswani sec. 3.2.2).
+
+    One [3D, D] input projection holds the query, key and value matrices: self-attention
+    applies it in one matmul; cross-attention applies the query rows to the decoder and the
+    key/value rows to the encoder output.
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.d_model, self.dropout = heads, d_model, dropout
+        self.in_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] -> [B, h, T, d_h]."""
+        B, T, _ = x.shape
+        return x.view(B, T, self.heads, -1).transpose(1, 2)
+
+    def self_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, D] -> q, k, v, each [B, h, T, d_h]."""
+        return tuple(self._split(part) for part in self.in_proj(x).chunk(3, dim=-1))
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        D = self.d_model
+        return self._split(F.linear(x, self.in_proj.weight[:D], self.in_proj.bias[:D]))
+
+    def key_value(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory [B, S, D] -> k, v [B, h, S, d_h]: done once per sentence when decoding."""
+        D = self.d_model
+        kv = F.linear(memory, self.in_proj.weight[D:], self.in_proj.bias[D:])
+        return tuple(self._split(part) for part in kv.chunk(2, dim=-1))
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        """q [B, h, T, d_h], k/v [B, h, S, d_h], mask [B, 1, 1, S] -> [B, T, D]."""
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # fmt: skip
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def attend_with_weights(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `attend`, also returning the weights averaged over heads [B, T, S]: alignments."""
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))  # [B, h, T, S]
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        out = (weights @ v).transpose(1, 2).flatten(2)
+        return self.out_proj(out), weights.mean(dim=1)
+
+
+class FeedForward(nn.Sequential):
+    """FFN(x) = max(0, x W1 + b1) W2 + b2, applied to each position alike (sec. 3.3)."""
+
+    def __init__(self, d_model: int, ff_dim: int, activation_dropout: float) -> None:
+        super().__init__(
+            nn.Linear(d_model, ff_dim),
+            nn.ReLU(),
+            nn.Dropout(activation_dropout),
+            nn.Linear(ff_dim, d_model),
+        )
+
+
+class Sublayer(nn.Module):
+    """A residual connection around one block, with layer norm before (pre) or after (post)."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the block reads."""
+        return self.norm(x) if self.pre_norm else x
+
+    def output(self, x: torch.Tensor, block_out: torch.Tensor) -> torch.Tensor:
+        """The residual sum, normalised here in the post-norm arrangement."""
+        y = x + self.dropout(block_out)
+        return y if self.pre_norm else self.norm(y)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerModelConfig) -> None:
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.activation_dropout)
+        self.attn_sub = Sublayer(cfg.d_model, cfg.dropout, pre)
+        self.ff_sub = Sublayer(cfg.d_model, cfg.dropout, pre)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        h = self.attn_sub.input(x)
+        x = self.attn_sub.output(x, self.self_attn.attend(*self.self_attn.self_qkv(h), key_mask))
+        return self.ff_sub.output(x, self.ff(self.ff_sub.input(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerModelConfig) -> None:
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.activation_dropout)
+        self.self_sub = Sublayer(cfg.d_model, cfg.dropout, pre)
+        self.cross_sub = Sublayer(cfg.d_model, cfg.dropout, pre)
+        self.ff_sub = Sublayer(cfg.d_model, cfg.dropout, pre)
+
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, key_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher forcing over all target positions: x [B, T, D], memory [B, S, D]."""
+        h = self.self_sub.input(x)
+        x = self.self_sub.output(
+            x, self.self_attn.attend(*self.self_attn.self_qkv(h), causal=True)
+        )
+        q = self.cross_attn.query(self.cross_sub.input(x))
+        k, v = self.cross_attn.key_value(memory)
+        x = self.cross_sub.output(x, self.cross_attn.attend(q, k, v, key_mask))
+        return self.ff_sub.output(x, self.ff(self.ff_sub.input(x)))
+
+    def step(
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        key_mask: torch.Tensor,
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One new position x [B, 1, D] against the cache past_k/v [B, h, t, d_h].
+
+        Returns the output, this position's key and value [B, h, 1, d_h], and the cross-
+        attention weights [B, S] when asked. No causal mask is needed: the cache holds only
+        earlier positions.
+        """
+        q, k, v = self.self_attn.self_qkv(self.self_sub.input(x))
+        keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        x = self.self_sub.output(x, self.self_attn.attend(q, keys, values))
+        q = self.cross_attn.query(self.cross_sub.input(x))
+        weights = None
+        if need_weights:
+            out, weights = self.cross_attn.attend_with_weights(q, cross_k, cross_v, key_mask)
+            weights = weights.squeeze(1)
+        else:
+            out = self.cross_attn.attend(q, cross_k, cross_v, key_mask)
+        x = self.cross_sub.output(x, out)
+        return self.ff_sub.output(x, self.ff(self.ff_sub.input(x))), k, v, weights
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer with the model interface that decoding relies on."""
+
+    def __init__(
+        self, cfg: TransformerModelConfig, src_vocab: int, tgt_vocab: int, shared_vocab: bool
+    ) -> None:
+        super().__init__()
+        D = cfg.d_model
+        self.cfg = cfg
+        self.embed_scale = math.sqrt(D)
+        self.tgt_embed = nn.Embedding(tgt_vocab, D, padding_idx=0)
+        tie_src = cfg.tie_embeddings and shared_vocab
+        self.src_embed = self.tgt_embed if tie_src else nn.Embedding(src_vocab, D, padding_idx=0)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        # Pre-norm leaves each stack's output unnormalised, so a final norm closes it.
+        pre = cfg.norm == "pre"
+        self.encoder_norm = nn.LayerNorm(D) if pre else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(D) if pre else nn.Identity()
+        self.output = nn.Linear(D, tgt_vocab, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.output.weight = self.tgt_embed.weight
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=self.cfg.d_model**-0.5)
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def _embed(self, embedding: nn.Embedding, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """tokens [B, T] at positions start.. -> sqrt(D) * embedding + position encoding."""
+        positions = torch.arange(start, start + tokens.size(1), device=tokens.device)
+        pos = sinusoidal_positions(positions, self.cfg.d_model)
+        return self.dropout(embedding(tokens) * self.embed_scale + pos)
+
+    # --- the model interface -------------------------------------------------------------
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> TransformerMemory:
+        """src [B, S], src_mask [B, S] -> encoder states [B, S, D]."""
+        key_mask = src_mask[:, None, None, :]
+        x = self._embed(self.src_embed, src, 0)
+        for layer in self.encoder_layers:
+            x = layer(x, key_mask)
+        return TransformerMemory(self.encoder_norm(x), src_mask)
+
+    def init_state(self, memory: TransformerMemory) -> TransformerState:
+        """Project the encoder states into every layer's cross-attention keys and values."""
+        cross = [layer.cross_attn.key_value(memory.states) for layer in self.decoder_layers]
+        cross_keys = torch.stack([k for k, _ in cross], dim=1)  # [B, L, h, S, d_h]
+        cross_values = torch.stack([v for _, v in cross], dim=1)
+        empty = cross_keys[:, :, :, :0]  # [B, L, h, 0, d_h]: nothing decoded yet
+        return TransformerState(
+            self_keys=empty,
+            self_values=empty,
+            cross_keys=cross_keys,
+            cross_values=cross_values,
+            key_mask=memory.mask[:, None, None, :],
+        )
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: TransformerState
+    ) -> tuple[torch.Tensor, TransformerState, torch.Tensor]:
+        """prev_tokens [B] -> log_probs [B, V], next state, last layer's cross-attention
+        weights averaged over heads [B, S] (the alignment users see)."""
+        t = state.self_keys.size(3)
+        x = self._embed(self.tgt_embed, prev_tokens.unsqueeze(1), t)  # [B, 1, D]
+        new_keys, new_values = [], []
+        last = len(self.decoder_layers) - 1
+        for i, layer in enumerate(self.decoder_layers):
+            x, k, v, weights = layer.step(
+                x, state.self_keys[:, i], state.self_values[:, i],
+                state.cross_keys[:, i], state.cross_values[:, i], state.key_mask,
+                need_weights=i == last,
+            )  # fmt: skip
+            new_keys.append(k)
+            new_values.append(v)
+        next_state = dataclasses.replace(
+            state,
+            self_keys=torch.cat([state.self_keys, torch.stack(new_keys, dim=1)], dim=3),
+            self_values=torch.cat([state.self_values, torch.stack(new_values, dim=1)], dim=3),
+        )
+        logits = self.output(self.decoder_norm(x.squeeze(1)))
+        return torch.log_softmax(logits.float(), dim=-1), next_state, weights
+
+    def forward(
+        self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher forcing: src [B, S], tgt_in [B, T] (BOS + target) -> logits [B, T, V]."""
+        memory = self.encode(src, src_mask)
+        key_mask = src_mask[:, None, None, :]
+        x = self._embed(self.tgt_embed, tgt_in, 0)
+        for layer in self.decoder_layers:
+            x = layer(x, memory.states, key_mask)
+        return self.output(self.decoder_norm(x))
+
+
+def build_transformer(
+    cfg: TransformerModelConfig, src_vocab: int, tgt_vocab: int, shared_vocab: bool
+) -> Transformer:
+    return Transformer(cfg, src_vocab, tgt_vocab, shared_vocab)
