@@ -135,12 +135,26 @@ MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # A size that trains in minutes on a CPU (the PEERS.md protocol's model).
         "small": {"d_model": 256, "heads": 4, "ff_dim": 1024, "enc_layers": 3, "dec_layers": 3},
         # Vaswani et al. 2017, table 3.
-        "base": {"d_model": 512, "heads": 8, "ff_dim": 2048, "enc_layers": 6, "dec_layers": 6,
-                 "dropout": 0.1},  # fmt: skip
-        "big": {"d_model": 1024, "heads": 16, "ff_dim": 4096, "enc_layers": 6, "dec_layers": 6,
-                "dropout": 0.3},  # fmt: skip
+        "base": {
+            "d_model": 512,
+            "heads": 8,
+            "ff_dim": 2048,
+            "enc_layers": 6,
+            "dec_layers": 6,
+            "dropout": 0.1,
+        },  # fmt: skip
+        "big": {
+            "d_model": 1024,
+            "heads": 16,
+            "ff_dim": 4096,
+            "enc_layers": 6,
+            "dec_layers": 6,
+            "dropout": 0.3,
+        },  # fmt: skip
     },
 }
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 MODEL_CONFIGS: dict[str, type] = {"rnn": RNNModelConfig, "transformer": TransformerModelConfig}
 
@@ -160,7 +174,7 @@ class TrainConfig:
     log_every: int = 50
     keep_last: int = 3
     patience: int = 10
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (auto: bf16 where native)
     threads: int = 0  # 0: leave torch's default
 
 
@@ -253,7 +267,7 @@ def validate(cfg: Config) -> None:
     choices = {
         "tokenizer.model_type": (cfg.tokenizer.model_type, ("unigram", "bpe", "char")),
         "train.decay": (cfg.train.decay, ("inverse_sqrt", "linear", "constant")),
-        "train.precision": (cfg.train.precision, ("fp32", "bf16")),
+        "train.precision": (cfg.train.precision, PRECISIONS),
     }
     if isinstance(cfg.model, RNNModelConfig):
         choices["model.bidirectional"] = (cfg.model.bidirectional, ("all", "bottom", "none"))

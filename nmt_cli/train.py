@@ -32,7 +32,14 @@ from nmt_cli.data.shards import ShardReader, read_manifest
 from nmt_cli.data.tokenizer import PAD, load_tokenizers
 from nmt_cli.errors import CheckpointError, ConfigError
 from nmt_cli.models import build_model
-from nmt_cli.runtime import autocast, resolve_device, seed_everything, set_threads
+from nmt_cli.runtime import (
+    autocast,
+    precision_warning,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    set_threads,
+)
 from nmt_cli.translate import Translator
 
 
@@ -81,6 +88,9 @@ class _InterruptFlag:
 class Trainer:
     def __init__(self, cfg: Config, data_dir: Path, run_dir: Path, device: torch.device) -> None:
         self.cfg, self.data_dir, self.run_dir, self.device = cfg, data_dir, run_dir, device
+        self.precision = resolve_precision(cfg.train.precision, device)
+        if warning := precision_warning(self.precision, device):
+            console.print(f"[yellow]warning:[/] {warning}")
         manifest = read_manifest(data_dir)
         tok = manifest["tokenizer"]
         self.src_tok, self.tgt_tok = load_tokenizers(data_dir)
@@ -157,7 +167,7 @@ class Trainer:
     def loss(self, batch, label_smoothing: float) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy over real target tokens, and their count."""
         src, src_mask, tgt_in, tgt_out = batch
-        with autocast(self.device, self.cfg.train.precision):
+        with autocast(self.device, self.precision):
             logits = self.model(src, src_mask, tgt_in)  # [B, T, V]
         loss = F.cross_entropy(
             logits.float().flatten(0, 1),

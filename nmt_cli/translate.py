@@ -23,7 +23,7 @@ from nmt_cli.decode.beam import beam_search
 from nmt_cli.decode.greedy import greedy_search
 from nmt_cli.errors import CheckpointError, ConfigError, DataError
 from nmt_cli.models import build_model
-from nmt_cli.runtime import autocast
+from nmt_cli.runtime import autocast, resolve_precision
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ class Translator:
         self.decode = decode
         self.max_input_tokens = max_input_tokens
         self.device = device
-        self.precision = precision
+        self.precision = resolve_precision(precision, device)
 
     @classmethod
     def from_checkpoint(

@@ -179,9 +179,7 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """Teacher forcing over all target positions: x [B, T, D], memory [B, S, D]."""
         h = self.self_sub.input(x)
-        x = self.self_sub.output(
-            x, self.self_attn.attend(*self.self_attn.self_qkv(h), causal=True)
-        )
+        x = self.self_sub.output(x, self.self_attn.attend(*self.self_attn.self_qkv(h), causal=True))
         q = self.cross_attn.query(self.cross_sub.input(x))
         k, v = self.cross_attn.key_value(memory)
         x = self.cross_sub.output(x, self.cross_attn.attend(q, k, v, key_mask))
