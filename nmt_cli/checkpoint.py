@@ -85,6 +85,12 @@ def save_checkpoint(
     return path
 
 
+def remove_partial_writes(directory: Path) -> None:
+    """Delete temporary files left by saves that were killed (kill -9, power loss) mid-write."""
+    for partial in directory.glob(".*.pt.tmp-*"):
+        partial.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and check a checkpoint, migrating older format versions forward."""
     path = Path(path)

@@ -111,6 +111,21 @@ def train(
         raise typer.Exit(130)
 
 
+@app.command()
+def average(
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Checkpoints of one run, e.g. RUN/step-*.pt.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write.")],
+) -> None:
+    """Average the weights of several checkpoints of one run (Vaswani et al. used the last 5)."""
+    from nmt_cli.average import average_checkpoints
+
+    with user_errors():
+        written = average_checkpoints(checkpoints, out)
+    console.print(f"averaged {len(checkpoints)} checkpoints into {written}", soft_wrap=True)
+
+
 def _decode_overrides(**values) -> dict:
     return {key: value for key, value in values.items() if value is not None}
 

@@ -162,7 +162,8 @@ MODEL_CONFIGS: dict[str, type] = {"rnn": RNNModelConfig, "transformer": Transfor
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1
-    batch_tokens: int = 4096
+    batch_tokens: int = 4096  # per process and micro-batch; an update sees
+    accum_steps: int = 1  # batch_tokens x accum_steps x processes padded tokens
     max_steps: int = 100_000
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
@@ -176,6 +177,9 @@ class TrainConfig:
     patience: int = 10
     precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (auto: bf16 where native)
     threads: int = 0  # 0: leave torch's default
+    max_bad_updates: int = 10  # stop after this many non-finite losses in a row
+    compile: bool = False  # torch.compile the model for training
+    tensorboard: bool = False  # also log to RUN/tensorboard (pip install tensorboard)
 
 
 @dataclass(frozen=True)
@@ -286,6 +290,9 @@ def validate(cfg: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    for key in ("batch_tokens", "accum_steps", "max_bad_updates"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
     if cfg.decode.beam < 1 or cfg.decode.n_best < 1 or cfg.decode.n_best > cfg.decode.beam:
         raise ConfigError("decode.beam must be >= 1 and 1 <= decode.n_best <= decode.beam")
 

@@ -20,3 +20,7 @@ class DataError(NMTError):
 
 class CheckpointError(NMTError):
     """A checkpoint is corrupt, truncated, foreign, or from a newer format version."""
+
+
+class TrainingError(NMTError):
+    """Training cannot go on: the loss diverged, or fp16 cannot represent the gradients."""

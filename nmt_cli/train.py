@@ -1,5 +1,8 @@
-"""Training: token-budget batches, Adam with warm-up and decay, label smoothing, gradient
-clipping, periodic validation (loss and sacreBLEU), checkpoints, early stopping, resume.
+"""Training: token-budget batches, Adam with warm-up and decay, periodic validation (loss
+and sacreBLEU), checkpoints, early stopping, resume, and data-parallel processes.
+
+The arithmetic of one update (accumulation, mixed precision, clipping, the non-finite
+guard) lives in `update.py`, process groups in `distributed.py`, reporting in `runlog.py`.
 
 A run directory holds `last.pt` (everything needed to resume), `best.pt` (best validation
 BLEU, weights only), the last K `step-N.pt` and `metrics.jsonl`. Resuming restores the
@@ -11,7 +14,6 @@ writes `last.pt` and returns; a second Ctrl-C aborts at once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
 import time
@@ -19,21 +21,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sacrebleu
 import torch
-import torch.nn.functional as F
-from rich.progress import TextColumn
+from torch.nn.parallel import DistributedDataParallel
 
-from nmt_cli.checkpoint import load_checkpoint, save_checkpoint, tokenizer_entry
+from nmt_cli import distributed
+from nmt_cli.checkpoint import (
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+    tokenizer_entry,
+)
 from nmt_cli.config import Config, config_from_dict, config_to_dict
-from nmt_cli.console import console, progress
+from nmt_cli.console import console
 from nmt_cli.data.batching import collate, make_batches
 from nmt_cli.data.shards import ShardReader, read_manifest
-from nmt_cli.data.tokenizer import PAD, load_tokenizers
+from nmt_cli.data.tokenizer import load_tokenizers
+from nmt_cli.distributed import Distributed
 from nmt_cli.errors import CheckpointError, ConfigError
 from nmt_cli.models import build_model
+from nmt_cli.runlog import RunLog
 from nmt_cli.runtime import (
-    autocast,
     precision_warning,
     resolve_device,
     resolve_precision,
@@ -41,6 +50,7 @@ from nmt_cli.runtime import (
     set_threads,
 )
 from nmt_cli.translate import Translator
+from nmt_cli.update import UpdateOutcome, Updater, token_loss
 
 
 @dataclasses.dataclass
@@ -86,10 +96,15 @@ class _InterruptFlag:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, data_dir: Path, run_dir: Path, device: torch.device) -> None:
+    """One training process: its model replica, optimizer, data position and checkpoints."""
+
+    def __init__(
+        self, cfg: Config, data_dir: Path, run_dir: Path, device: torch.device, dist: Distributed
+    ) -> None:
         self.cfg, self.data_dir, self.run_dir, self.device = cfg, data_dir, run_dir, device
+        self.dist = dist
         self.precision = resolve_precision(cfg.train.precision, device)
-        if warning := precision_warning(self.precision, device):
+        if dist.is_main and (warning := precision_warning(self.precision, device)):
             console.print(f"[yellow]warning:[/] {warning}")
         manifest = read_manifest(data_dir)
         tok = manifest["tokenizer"]
@@ -99,7 +114,8 @@ class Trainer:
         )
         self.train_data = ShardReader(data_dir, "train")
         has_valid = manifest["splits"].get("valid", {}).get("pairs", 0) > 0
-        self.valid_data = ShardReader(data_dir, "valid") if has_valid else None
+        self.valid_data = ShardReader(data_dir, "valid") if has_valid and dist.is_main else None
+        self.validates = has_valid
         self.langs = (manifest["src_lang"], manifest["tgt_lang"])
         self.model = build_model(
             cfg.model, self.src_tok.vocab_size, self.tgt_tok.vocab_size, tok["joint"]
@@ -107,12 +123,32 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas
         )
+        self.updater = Updater(
+            self._training_module(),
+            self.optimizer,
+            device=device,
+            precision=self.precision,
+            clip_norm=cfg.train.clip_norm,
+            label_smoothing=cfg.train.label_smoothing,
+            max_bad_updates=cfg.train.max_bad_updates,
+            dist=dist,
+        )
         self.step = 0
         self.epoch = 0
-        self.batch_in_epoch = 0
+        self.batch_in_epoch = 0  # batches of this process's slice already used
         self.best_bleu: float | None = None
         self.best_step: int | None = None
         self.bad_validations = 0
+
+    def _training_module(self) -> torch.nn.Module:
+        """The model as the forward pass sees it: wrapped by DDP, then compiled, if asked."""
+        module: torch.nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=ids)
+        if self.cfg.train.compile:
+            module = torch.compile(module, dynamic=True)
+        return module
 
     # --- checkpoints -----------------------------------------------------------------------
     def save(self, path: Path, metrics: dict[str, float], with_train_state: bool) -> None:
@@ -120,8 +156,10 @@ class Trainer:
         if with_train_state:
             train_state = {
                 "optimizer": self.optimizer.state_dict(),
+                "updater": self.updater.state_dict(),
                 "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch,
+                "world_size": self.dist.world_size,
                 "torch_rng": torch.get_rng_state(),
                 "best_bleu": self.best_bleu,
                 "best_step": self.best_step,
@@ -148,11 +186,22 @@ class Trainer:
             )
         if ckpt["tokenizer"]["src_sha256"] != self.tokenizer["src_sha256"]:
             raise ConfigError(f"--data holds a different tokenizer than {path}; use the run's data")
-        self.model.load_state_dict(ckpt["model_state"])
         state = ckpt["train_state"]
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise ConfigError(
+                f"{path} was written by {saved_world} training processes and this run has "
+                f"{self.dist.world_size}; resume with --nproc {saved_world}"
+            )
+        self.model.load_state_dict(ckpt["model_state"])
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        if "updater" in state:
+            self.updater.load_state_dict(state["updater"])
         self.step = ckpt["step"]
+        if self.dist.is_main:
+            torch.set_rng_state(state["torch_rng"])
+        else:  # only rank 0's generator is saved; the others continue on a fresh, distinct one
+            torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.dist.rank + self.step)
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.best_bleu, self.best_step = state["best_bleu"], state["best_step"]
         self.bad_validations = state["bad_validations"]
@@ -164,35 +213,14 @@ class Trainer:
             (self.run_dir / f"step-{old}.pt").unlink(missing_ok=True)
 
     # --- one update ------------------------------------------------------------------------
-    def loss(self, batch, label_smoothing: float) -> tuple[torch.Tensor, int]:
-        """Summed cross-entropy over real target tokens, and their count."""
-        src, src_mask, tgt_in, tgt_out = batch
-        with autocast(self.device, self.precision):
-            logits = self.model(src, src_mask, tgt_in)  # [B, T, V]
-        loss = F.cross_entropy(
-            logits.float().flatten(0, 1),
-            tgt_out.flatten(),
-            ignore_index=PAD,
-            label_smoothing=label_smoothing,
-            reduction="sum",
-        )
-        return loss, int((tgt_out != PAD).sum())
-
-    def update(self, indices) -> tuple[float, int]:
+    def update(self, micro_batches: list[np.ndarray]) -> UpdateOutcome:
+        """One optimizer update over this process's micro-batches (index arrays)."""
         self.model.train()
-        batch = collate([self.train_data.pair(i) for i in indices], self.device)
-        lr = learning_rate(self.cfg.train, self.step + 1)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        loss, ntokens = self.loss(batch, self.cfg.train.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss / ntokens).backward()
-        if self.cfg.train.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_norm)
-        self.optimizer.step()
-        return loss.item() / ntokens, ntokens
+        batches = [collate([self.train_data.pair(i) for i in indices], self.device)
+                   for indices in micro_batches]  # fmt: skip
+        return self.updater(batches, learning_rate(self.cfg.train, self.step + 1))
 
-    # --- validation ------------------------------------------------------------------------
+    # --- validation (rank 0) ---------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Validation loss (no smoothing) and sacreBLEU with the run's decoding settings."""
@@ -202,7 +230,9 @@ class Trainer:
         for indices in make_batches(
             reader.src_lengths, reader.tgt_lengths, self.cfg.train.batch_tokens, seed=0, epoch=0
         ):
-            loss, ntokens = self.loss(collate([reader.pair(i) for i in indices], self.device), 0.0)
+            batch = collate([reader.pair(i) for i in indices], self.device)
+            loss, ntokens = token_loss(self.model, batch, label_smoothing=0.0,
+                                       device=self.device, precision=self.precision)  # fmt: skip
             total, count = total + float(loss), count + ntokens
         src_lang, tgt_lang = self.langs
         sources = (self.data_dir / f"valid.{src_lang}").read_text(encoding="utf-8").splitlines()
@@ -227,6 +257,15 @@ class Trainer:
         patience = self.cfg.train.patience
         return patience > 0 and self.bad_validations >= patience
 
+    def validate_and_checkpoint(self, record: Callable[[dict[str, float]], None]) -> bool:
+        """Rank 0 validates and saves while the others wait; all learn whether to stop."""
+        early_stop = False
+        if self.dist.is_main:
+            metrics = self.validate()
+            record(metrics)
+            early_stop = self.after_validation(metrics)
+        return self.dist.broadcast_flag(early_stop)
+
     # --- the loop --------------------------------------------------------------------------
     def run(
         self,
@@ -238,32 +277,41 @@ class Trainer:
         t = self.cfg.train
         window_tokens, window_start = 0, time.perf_counter()
         while self.step < t.max_steps:
-            batches = make_batches(self.train_data.src_lengths, self.train_data.tgt_lengths,
-                                   t.batch_tokens, seed=t.seed, epoch=self.epoch)  # fmt: skip
-            while self.batch_in_epoch < len(batches):
-                loss, ntokens = self.update(batches[self.batch_in_epoch])
-                self.step += 1
-                self.batch_in_epoch += 1
-                window_tokens += ntokens
-                if on_step is not None:
-                    on_step(self.step, loss)
+            reader, dist = self.train_data, self.dist
+            batches = make_batches(reader.src_lengths, reader.tgt_lengths, t.batch_tokens,
+                                   seed=t.seed, epoch=self.epoch, rank=dist.rank,
+                                   world_size=dist.world_size)  # fmt: skip
+            usable = len(batches) - len(batches) % t.accum_steps  # every update is complete
+            while self.batch_in_epoch < usable:
+                group = batches[self.batch_in_epoch : self.batch_in_epoch + t.accum_steps]
+                outcome = self.update(group)
+                self.batch_in_epoch += t.accum_steps
+                window_tokens += outcome.tokens
+                if outcome.applied:
+                    self.step += 1
+                    if on_step is not None:
+                        on_step(self.step, outcome.loss)
                 at_end = self.step == t.max_steps
-                if self.step % t.log_every == 0 or at_end:
+                if outcome.applied and (self.step % t.log_every == 0 or at_end):
                     tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    record({"loss": loss, "lr": learning_rate(t, self.step),
-                            "tok_per_s": round(tps, 1)})  # fmt: skip
+                    record({"loss": outcome.loss, "lr": learning_rate(t, self.step),
+                            "tok_per_s": round(tps, 1),
+                            "skipped_updates": self.updater.skipped_updates,
+                            "overflow_updates": self.updater.overflow_updates})  # fmt: skip
                     window_tokens, window_start = 0, time.perf_counter()
                 early_stop = False
-                if self.valid_data is not None and (self.step % t.valid_every == 0 or at_end):
-                    metrics = self.validate()
-                    record(metrics)
-                    early_stop = self.after_validation(metrics)
+                if (
+                    outcome.applied
+                    and self.validates
+                    and (self.step % t.valid_every == 0 or at_end)
+                ):
+                    early_stop = self.validate_and_checkpoint(record)
                     window_start = time.perf_counter()
                 # Checked after validation: a validation due at this step must not be skipped,
                 # or the resumed run (which starts at the next step) would never run it.
                 if early_stop:
                     return "early_stopping"
-                if interrupt.raised:
+                if self.dist.any(interrupt.raised):  # every process stops at the same update
                     return "interrupted"
                 if at_end:
                     return "max_steps"
@@ -282,40 +330,33 @@ def train(
     show_progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train `cfg.model` on the shards in `data_dir`, writing checkpoints to `run_dir`."""
+    """Train `cfg.model` on the shards in `data_dir`, writing checkpoints to `run_dir`.
+
+    Under torchrun every process calls this; rank 0 alone writes to `run_dir`.
+    """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    dist = distributed.from_environment()
     set_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-    trainer = Trainer(cfg, data_dir, run_dir, resolve_device(device))
-    if resume is not None:
-        trainer.restore(Path(resume))
-    started = time.perf_counter()
-    bar = progress(
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TextColumn("{task.fields[tps]:,.0f} tok/s"),
-        TextColumn("lr {task.fields[lr]:.2e}"),
-    )
-    with (
-        _InterruptFlag() as interrupt,
-        (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as log,
-        bar,
-    ):
-        task = bar.add_task("train", total=cfg.train.max_steps, completed=trainer.step,
-                            loss=0.0, tps=0.0, lr=0.0, visible=show_progress)  # fmt: skip
-
-        def record(entry: dict[str, float]) -> None:
-            log.write(json.dumps({"step": trainer.step, **entry}) + "\n")
-            log.flush()
-            if "loss" in entry:
-                bar.update(task, completed=trainer.step, loss=entry["loss"],
-                           tps=entry["tok_per_s"], lr=entry["lr"])  # fmt: skip
-            else:
-                console.log(f"step {trainer.step}: valid loss {entry['valid_loss']:.3f}, "
-                            f"BLEU {entry['valid_bleu']:.2f}")  # fmt: skip
-
-        stopped_by = trainer.run(interrupt, record, on_step)
-        if stopped_by == "interrupted" or trainer.valid_data is None:
-            trainer.save(run_dir / "last.pt", {}, with_train_state=True)
+    seed_everything(cfg.train.seed + dist.rank)  # distinct dropout; DDP syncs initial weights
+    torch_device = distributed.start(dist, resolve_device(device))
+    try:
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            remove_partial_writes(run_dir)
+        trainer = Trainer(cfg, data_dir, run_dir, torch_device, dist)
+        if resume is not None:
+            trainer.restore(Path(resume))
+        started = time.perf_counter()
+        log = RunLog(run_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard,
+                     show_progress=show_progress, total_steps=cfg.train.max_steps,
+                     start_step=trainer.step)  # fmt: skip
+        with _InterruptFlag() as interrupt, log:
+            stopped_by = trainer.run(
+                interrupt, lambda entry: log.record(trainer.step, entry), on_step
+            )
+            if dist.is_main and (stopped_by == "interrupted" or not trainer.validates):
+                trainer.save(run_dir / "last.pt", {}, with_train_state=True)
+    finally:
+        distributed.stop(dist)
     return TrainResult(run_dir, trainer.step, trainer.best_bleu, trainer.best_step,
                        time.perf_counter() - started, stopped_by)  # fmt: skip
