@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,14 +84,27 @@ def train(
     ] = None,
     set_: SetOption = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    nproc: Annotated[
+        int, typer.Option(help="Training processes on this machine (one per GPU), via torchrun.")
+    ] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a model; writes last.pt, best.pt, step-N.pt and metrics.jsonl to --out."""
     from nmt_cli.config import load_config
     from nmt_cli.train import train as run_train
 
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from nmt_cli.distributed import launch
+
+        args = ["train", str(recipe), "--data", str(data), "--out", str(out), "--device", device]
+        args += ["--resume", str(resume)] if resume else []
+        args += [arg for value in set_ or [] for arg in ("--set", value)]
+        args += ["--json"] if json_ else []
+        raise typer.Exit(launch(nproc, args))
     with user_errors():
         result = run_train(load_config(recipe, set_ or []), data, out, resume=resume, device=device)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
+        return
     summary = {
         "run_dir": str(result.run_dir),
         "steps": result.steps,
