@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_train import read_metrics
 
 from nmt_cli.checkpoint import load_checkpoint
-from test_train import read_metrics
 
 STEPS = 20
 

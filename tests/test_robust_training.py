@@ -1,0 +1,141 @@
+"""Training survives what goes wrong in long runs: fp16 overflow, NaN losses, divergence,
+and a kill -9 in the middle of writing a checkpoint."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from test_train import read_metrics
+
+from nmt_cli import update
+from nmt_cli.checkpoint import load_checkpoint
+from nmt_cli.config import TransformerModelConfig, config_from_dict
+from nmt_cli.data.batching import collate
+from nmt_cli.distributed import Distributed
+from nmt_cli.models import build_model
+from nmt_cli.train import train
+from nmt_cli.update import Updater
+
+
+def _updater(model: torch.nn.Module, precision: str, max_bad_updates: int = 5) -> Updater:
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    return Updater(model, optimizer, device=torch.device("cpu"), precision=precision,
+                   clip_norm=1.0, label_smoothing=0.0, max_bad_updates=max_bad_updates,
+                   dist=Distributed())  # fmt: skip
+
+
+def _copy_batch(n: int = 16, length: int = 6):
+    generator = torch.Generator().manual_seed(0)
+    pairs = []
+    for _ in range(n):
+        ids = torch.randint(4, 20, (length,), generator=generator).tolist()
+        pairs.append((ids, ids))
+    return collate(pairs, torch.device("cpu"))
+
+
+def test_fp16_overflow_steps_are_skipped_and_the_scale_recovers() -> None:
+    # A Transformer: oneDNN has no fp16 LSTM on CPU (cuDNN has one on the GPUs fp16 is for).
+    config = TransformerModelConfig(d_model=32, heads=2, ff_dim=64, enc_layers=1, dec_layers=1,
+                                    dropout=0.0, max_len=40)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(config, 20, 20, True)
+    updater = _updater(model, "fp16")
+    # A scale far beyond fp16's range (6.5e4): the first updates must overflow.
+    updater.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    batch = _copy_batch()
+    outcomes = [updater([batch], lr=3e-3) for _ in range(60)]
+    assert outcomes[0].overflow and not outcomes[0].applied
+    assert updater.overflow_updates >= 10  # halved from 2^40 to below 2^24 at least
+    assert all(o.applied for o in outcomes[-10:])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    applied = [o.loss for o in outcomes if o.applied]
+    assert applied[-1] < 0.8 * applied[0]  # and it learns in fp16 afterwards
+
+
+def test_nan_losses_are_skipped_and_training_goes_on(
+    make_recipe, reverse_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    calls = {"n": 0}
+    real_loss = update.token_loss
+
+    def sometimes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss, count = real_loss(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] in (3, 4, 9) else loss), count
+
+    monkeypatch.setattr(update, "token_loss", sometimes_nan)
+    raw = make_recipe(train={"max_steps": 12, "log_every": 1, "valid_every": 6})
+    result = train(config_from_dict(raw), reverse_data, tmp_path / "run", device="cpu",
+                   show_progress=False)  # fmt: skip
+    assert result.stopped_by == "max_steps" and result.steps == 12
+    losses, _ = read_metrics(tmp_path / "run")
+    assert sorted(losses) == list(range(1, 13))  # skipped updates are not counted as steps
+    assert all(loss == loss for loss in losses.values())  # no NaN reached the log
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["train_state"]["updater"]["skipped_updates"] == 3
+    assert all(torch.isfinite(t).all() for t in last["model_state"].values())
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(
+    make_recipe, recipe_file, reverse_data: Path, tmp_path: Path, run_nmt
+) -> None:
+    run = tmp_path / "run"
+    raw = make_recipe(train={"max_steps": 40, "valid_every": 5, "log_every": 1,
+                             "max_bad_updates": 3, "clip_norm": 0.0})  # fmt: skip
+    recipe = recipe_file(raw)
+    args = ["train", str(recipe), "--data", str(reverse_data), "--out", str(run), "--device", "cpu"]
+    assert run_nmt([*args, "--set", "train.max_steps=5"]).returncode == 0
+    # An absurd learning rate sends the weights to ~1e30 and the loss to inf/NaN.
+    done = run_nmt([*args, "--resume", str(run / "last.pt"), "--set", "train.lr=1e30"])
+    assert done.returncode == 1
+    assert "3 updates in a row" in done.stderr and "lower train.lr" in done.stderr
+    assert "Traceback" not in done.stderr
+    last = load_checkpoint(run / "last.pt")
+    assert last["step"] == 5
+    assert all(torch.isfinite(t).all() for t in last["model_state"].values())
+
+
+def _wait_for_new_lines(path: Path, start_lines: int, new: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= start_lines + new:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"training wrote no progress to {path} in {timeout} s")
+
+
+def test_kill_9_while_writing_checkpoints_never_breaks_last_pt(
+    make_recipe, recipe_file, reverse_data: Path, tmp_path: Path, run_nmt
+) -> None:
+    """Three checkpoints of a 10 MB model are written at every step, and the process is
+    killed at several moments after training got going; last.pt must load every time, and
+    resuming must finish the run."""
+    run = tmp_path / "run"
+    raw = make_recipe(model={"emb_dim": 256, "hidden_dim": 512},
+                      train={"max_steps": 400, "valid_every": 1, "log_every": 1})  # fmt: skip
+    recipe = recipe_file(raw)
+    base = [sys.executable, "-m", "nmt_cli", "train", str(recipe), "--data", str(reverse_data),
+            "--out", str(run), "--device", "cpu"]  # fmt: skip
+    metrics = run / "metrics.jsonl"
+    for delay in (0.0, 0.15, 0.05, 0.3, 0.1):
+        resume = ["--resume", str(run / "last.pt")] if (run / "last.pt").exists() else []
+        lines = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        proc = subprocess.Popen([*base, *resume], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        _wait_for_new_lines(metrics, lines, new=4)  # two steps: two validations, two saves
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        last = load_checkpoint(run / "last.pt")
+        assert "train_state" in last and last["step"] >= 1
+    done = run_nmt(["train", str(recipe), "--data", str(reverse_data), "--out", str(run),
+                    "--device", "cpu", "--resume", str(run / "last.pt"),
+                    "--set", f"train.max_steps={last['step'] + 3}"], timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(run / "last.pt")["step"] == last["step"] + 3
+    assert not list(run.glob(".*.tmp-*"))  # the killed writes' leftovers were removed
