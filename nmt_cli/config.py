@@ -165,6 +165,7 @@ class TrainConfig:
     batch_tokens: int = 4096  # per process and micro-batch; an update sees
     accum_steps: int = 1  # batch_tokens x accum_steps x processes padded tokens
     max_steps: int = 100_000
+    max_seconds: float = 0  # stop (and checkpoint) after this much training time; 0: no limit
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 500

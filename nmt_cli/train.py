@@ -60,7 +60,7 @@ class TrainResult:
     best_bleu: float | None
     best_step: int | None
     seconds: float
-    stopped_by: str  # max_steps | early_stopping | interrupted
+    stopped_by: str  # max_steps | time_limit | early_stopping | interrupted
 
 
 def learning_rate(cfg_train: Any, step: int) -> float:
@@ -273,9 +273,10 @@ class Trainer:
         record: Callable[[dict[str, float]], None],
         on_step: Callable[[int, float], None] | None = None,
     ) -> str:
-        """Update until max_steps, early stopping or Ctrl-C; return which one stopped it."""
+        """Update until max_steps, max_seconds, early stopping or Ctrl-C; return which one."""
         t = self.cfg.train
         window_tokens, window_start = 0, time.perf_counter()
+        deadline = window_start + t.max_seconds if t.max_seconds > 0 else math.inf
         while self.step < t.max_steps:
             reader, dist = self.train_data, self.dist
             batches = make_batches(reader.src_lengths, reader.tgt_lengths, t.batch_tokens,
@@ -291,7 +292,11 @@ class Trainer:
                     self.step += 1
                     if on_step is not None:
                         on_step(self.step, outcome.loss)
-                at_end = self.step == t.max_steps
+                # rank 0's clock decides, so that processes cannot part ways by a millisecond
+                now = time.perf_counter()
+                out_of_time = (deadline < math.inf and outcome.applied
+                               and self.dist.broadcast_flag(now >= deadline))  # fmt: skip
+                at_end = self.step == t.max_steps or out_of_time
                 if outcome.applied and (self.step % t.log_every == 0 or at_end):
                     tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     record({"loss": outcome.loss, "lr": learning_rate(t, self.step),
@@ -314,7 +319,7 @@ class Trainer:
                 if self.dist.any(interrupt.raised):  # every process stops at the same update
                     return "interrupted"
                 if at_end:
-                    return "max_steps"
+                    return "time_limit" if out_of_time else "max_steps"
             self.epoch += 1
             self.batch_in_epoch = 0
         return "max_steps"

@@ -297,3 +297,17 @@ def test_learning_rate_schedule() -> None:
     assert learning_rate(t, 20) == 0.0
     t = TrainConfig(lr=1.0, warmup_steps=0, decay="constant")
     assert learning_rate(t, 1) == learning_rate(t, 1000) == 1.0
+
+
+def test_max_seconds_stops_with_a_checkpoint(
+    make_recipe, reverse_data: Path, tmp_path: Path
+) -> None:
+    raw = make_recipe(train={"max_steps": 1_000_000, "max_seconds": 2, "valid_every": 1_000_000})
+    result = train(config_from_dict(raw), reverse_data, tmp_path / "run", device="cpu",
+                   show_progress=False)  # fmt: skip
+    assert result.stopped_by == "time_limit"
+    assert 0 < result.steps < 1_000_000
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["step"] == result.steps
+    _, valids = read_metrics(tmp_path / "run")
+    assert [v["step"] for v in valids] == [result.steps]  # validated at the stop
