@@ -78,7 +78,7 @@ def _tensorboard_writer(log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError(
-            "train.tensorboard: true needs the tensorboard package; pip install tensorboard, "
-            "or set train.tensorboard: false"
+            "train.tensorboard: true needs the tensorboard package; pip install "
+            "'nmt-cli[tensorboard]', or set train.tensorboard: false"
         ) from None
     return SummaryWriter(log_dir=str(log_dir))

@@ -106,6 +106,11 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, device)
         if dist.is_main and (warning := precision_warning(self.precision, device)):
             console.print(f"[yellow]warning:[/] {warning}")
+        if self.precision == "fp16" and device.type == "cpu" and cfg.model.type == "rnn":
+            raise ConfigError(
+                "fp16 LSTMs run only on GPUs (oneDNN has no CPU kernel); on CPU use precision "
+                "fp32, bf16 or auto"
+            )
         manifest = read_manifest(data_dir)
         tok = manifest["tokenizer"]
         self.src_tok, self.tgt_tok = load_tokenizers(data_dir)

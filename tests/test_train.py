@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,34 @@ def test_max_seconds_stops_with_a_checkpoint(
     assert last["step"] == result.steps
     _, valids = read_metrics(tmp_path / "run")
     assert [v["step"] for v in valids] == [result.steps]  # validated at the stop
+
+
+def test_tensorboard_gets_the_logged_scalars(
+    make_recipe, reverse_data: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw = make_recipe(train={"max_steps": 6, "log_every": 2, "valid_every": 6, "tensorboard": True})
+    train(config_from_dict(raw), reverse_data, tmp_path / "run", device="cpu", show_progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [2, 4, 6]
+    assert [e.step for e in events.Scalars("valid_bleu")] == [6]
+
+
+def test_tensorboard_missing_is_a_clear_error(
+    make_recipe, reverse_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    raw = make_recipe(train={"max_steps": 2, "tensorboard": True})
+    with pytest.raises(ConfigError, match=r"pip install 'nmt-cli\[tensorboard\]'"):
+        train(config_from_dict(raw), reverse_data, tmp_path / "run", device="cpu",
+              show_progress=False)  # fmt: skip
+
+
+def test_fp16_lstm_on_cpu_is_refused(make_recipe, reverse_data: Path, tmp_path: Path) -> None:
+    raw = make_recipe(train={"max_steps": 2, "precision": "fp16"})
+    with pytest.raises(ConfigError, match="fp16 LSTMs run only on GPUs"):
+        train(config_from_dict(raw), reverse_data, tmp_path / "run", device="cpu",
+              show_progress=False)  # fmt: skip
