@@ -74,13 +74,9 @@ class Updater:
         max_bad_updates: int,
         dist: Distributed,
     ) -> None:
-        self.model, self.optimizer, self.device = model, optimizer, device
+        self.model, self.optimizer, self.device, self.dist = model, optimizer, device, dist
         self.precision, self.clip_norm = precision, clip_norm
-        self.label_smoothing, self.max_bad_updates, self.dist = (
-            label_smoothing,
-            max_bad_updates,
-            dist,
-        )
+        self.label_smoothing, self.max_bad_updates = label_smoothing, max_bad_updates
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.bad_in_a_row = 0
         self.overflow_updates = 0
@@ -112,7 +108,6 @@ class Updater:
         if nonfinite:
             self._record_bad_update(total_loss)
         else:
-            self.bad_in_a_row = 0
             applied, overflow = self._apply(self.dist.world_size / max(total_tokens, 1.0))
         return UpdateOutcome(
             loss=total_loss / max(total_tokens, 1.0),
@@ -138,6 +133,7 @@ class Updater:
                 self._record_bad_update(float(norm))
                 return False, False
             self.optimizer.step()
+            self.bad_in_a_row = 0
             return True, False
         scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)  # skipped inside when a gradient is inf or NaN
@@ -150,6 +146,8 @@ class Updater:
                     f"fp16 loss scale fell below {MIN_LOSS_SCALE}: gradients overflow at every "
                     "scale; train with precision bf16 or fp32, or lower train.lr"
                 )
+        else:
+            self.bad_in_a_row = 0
         return not overflow, overflow
 
     def _record_bad_update(self, value: float) -> None:

@@ -343,3 +343,22 @@ def test_fp16_lstm_on_cpu_is_refused(make_recipe, reverse_data: Path, tmp_path: 
     with pytest.raises(ConfigError, match="fp16 LSTMs run only on GPUs"):
         train(config_from_dict(raw), reverse_data, tmp_path / "run", device="cpu",
               show_progress=False)  # fmt: skip
+
+
+TINY_TRANSFORMER = {"type": "transformer", "d_model": 32, "heads": 2, "ff_dim": 64,
+                    "enc_layers": 1, "dec_layers": 1, "dropout": 0.0, "max_len": 40}  # fmt: skip
+
+
+def test_compiled_training_matches_eager(make_recipe, reverse_data: Path, tmp_path: Path) -> None:
+    losses = {}
+    for compiled in (False, True):
+        raw = make_recipe(train={"max_steps": 8, "log_every": 1, "valid_every": 8,
+                                 "compile": compiled})  # fmt: skip
+        raw["model"] = dict(TINY_TRANSFORMER)
+        run = tmp_path / f"compile-{compiled}"
+        train(config_from_dict(raw), reverse_data, run, device="cpu", show_progress=False)
+        losses[compiled], _ = read_metrics(run)
+    for step, loss in losses[False].items():
+        assert losses[True][step] == pytest.approx(loss, rel=1e-3), step
+    ckpt = load_checkpoint(tmp_path / "compile-True" / "last.pt")
+    assert not any(name.startswith("_orig_mod") for name in ckpt["model_state"])
