@@ -14,6 +14,7 @@ rendezvous flags (see the README).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import subprocess
 import sys
@@ -21,6 +22,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as torch_dist
+
+# Rank 0 validates (a full beam search over the validation set) while the others wait in a
+# collective; the default timeouts (10 min for NCCL) would kill a big model's validation.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +71,14 @@ class Distributed:
         return torch.device("cpu")
 
 
+SINGLE_PROCESS = Distributed()
+
+
 def from_environment() -> Distributed:
     """Read torchrun's variables; without them this is a single-process run."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return Distributed()
+        return SINGLE_PROCESS
     return Distributed(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), world_size)
 
 
@@ -81,9 +89,9 @@ def start(dist: Distributed, device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-        torch_dist.init_process_group("nccl", device_id=device)
+        torch_dist.init_process_group("nccl", device_id=device, timeout=COLLECTIVE_TIMEOUT)
     else:
-        torch_dist.init_process_group("gloo")
+        torch_dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
     return device
 
 

@@ -17,11 +17,10 @@ import dataclasses
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sacrebleu
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -38,7 +37,7 @@ from nmt_cli.console import console
 from nmt_cli.data.batching import collate, make_batches
 from nmt_cli.data.shards import ShardReader, read_manifest
 from nmt_cli.data.tokenizer import load_tokenizers
-from nmt_cli.distributed import Distributed
+from nmt_cli.distributed import SINGLE_PROCESS, Distributed
 from nmt_cli.errors import CheckpointError, ConfigError
 from nmt_cli.models import build_model
 from nmt_cli.runlog import RunLog
@@ -99,7 +98,12 @@ class Trainer:
     """One training process: its model replica, optimizer, data position and checkpoints."""
 
     def __init__(
-        self, cfg: Config, data_dir: Path, run_dir: Path, device: torch.device, dist: Distributed
+        self,
+        cfg: Config,
+        data_dir: Path,
+        run_dir: Path,
+        device: torch.device,
+        dist: Distributed = SINGLE_PROCESS,
     ) -> None:
         self.cfg, self.data_dir, self.run_dir, self.device = cfg, data_dir, run_dir, device
         self.dist = dist
@@ -218,7 +222,7 @@ class Trainer:
             (self.run_dir / f"step-{old}.pt").unlink(missing_ok=True)
 
     # --- one update ------------------------------------------------------------------------
-    def update(self, micro_batches: list[np.ndarray]) -> UpdateOutcome:
+    def update(self, micro_batches: list[Sequence[int]]) -> UpdateOutcome:
         """One optimizer update over this process's micro-batches (index arrays)."""
         self.model.train()
         batches = [collate([self.train_data.pair(i) for i in indices], self.device)

@@ -34,7 +34,7 @@ def saved(make_recipe, reverse_data: Path, tmp_path_factory) -> tuple[Trainer, P
     cfg = config_from_dict(make_recipe(model={"dropout": 0.1, "attention": "concat"}))
     trainer = Trainer(cfg, reverse_data, tmp_path_factory.mktemp("ckpt"), torch.device("cpu"))
     for i in range(3):
-        trainer.update(list(range(8 * i, 8 * i + 8)))
+        trainer.update([list(range(8 * i, 8 * i + 8))])
         trainer.step += 1
     path = trainer.run_dir / "last.pt"
     trainer.save(path, {"valid_bleu": 12.5}, with_train_state=True)
