@@ -65,6 +65,11 @@ class Distributed:
         self.all_reduce_sum(tensor)
         return bool(tensor.item())
 
+    def barrier(self) -> None:
+        """Wait until every process gets here (a no-op for one process)."""
+        if self.enabled:
+            torch_dist.barrier()
+
     def _collective_device(self) -> torch.device:
         if torch_dist.get_backend() == "nccl":
             return torch.device("cuda", self.local_rank)

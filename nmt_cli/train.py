@@ -370,6 +370,9 @@ def train(
             )
             if dist.is_main and (stopped_by == "interrupted" or not trainer.validates):
                 trainer.save(run_dir / "last.pt", {}, with_train_state=True)
+        # Leave together: a process that exits while another still writes its checkpoint
+        # closes the connections the other's process group is using.
+        dist.barrier()
     finally:
         distributed.stop(dist)
     return TrainResult(run_dir, trainer.step, trainer.best_bleu, trainer.best_step,
