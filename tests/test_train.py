@@ -137,6 +137,7 @@ def test_resume_continues_exactly(
     ]
     cfg = config_from_dict(resume_recipe(make_recipe))
     run = tmp_path / "run"
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job
 
     first = train(
         cfg, reverse_data, run, device="cpu", show_progress=False, on_step=interrupt_at(k)
@@ -144,7 +145,7 @@ def test_resume_continues_exactly(
     assert first.stopped_by == "interrupted"
     assert first.steps == k
     assert load_checkpoint(run / "last.pt")["step"] == k
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
 
     second = train(
         cfg, reverse_data, run, resume=run / "last.pt", device="cpu", show_progress=False
@@ -174,6 +175,7 @@ def test_resume_continues_exactly(
 
 def test_second_ctrl_c_aborts_at_once(make_recipe, reverse_data: Path, tmp_path: Path) -> None:
     cfg = config_from_dict(resume_recipe(make_recipe))
+    handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         train(
             cfg,
@@ -183,7 +185,7 @@ def test_second_ctrl_c_aborts_at_once(make_recipe, reverse_data: Path, tmp_path:
             show_progress=False,
             on_step=interrupt_at(3, presses=2),
         )
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before
 
 
 def test_resume_needs_training_state(
