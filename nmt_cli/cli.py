@@ -6,6 +6,7 @@ to stderr. A mistake in the input ends with one line naming the problem and exit
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -146,52 +147,122 @@ def _decode_overrides(**values) -> dict:
 
 @app.command()
 def translate(
-    checkpoint: Annotated[Path, typer.Argument(help="A .pt checkpoint from nmt train.")],
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Checkpoint(s) from nmt train; several = an ensemble.")
+    ],
     input_: Annotated[
-        Optional[Path], typer.Option("--input", "-i", help="Input file (default stdin).")  # noqa: UP045
+        Path | None, typer.Option("--input", "-i", help="Input file (default stdin).")
     ] = None,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Output file (default stdout).")  # noqa: UP045
+        Path | None, typer.Option("--output", "-o", help="Output file (default stdout).")
     ] = None,
-    beam: Annotated[Optional[int], typer.Option(help="Beam size (1 = greedy).")] = None,  # noqa: UP045
-    alpha: Annotated[Optional[float], typer.Option(help="GNMT length penalty.")] = None,  # noqa: UP045
+    beam: Annotated[int | None, typer.Option(help="Beam size (1 = greedy).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="GNMT length penalty.")] = None,
+    coverage: Annotated[float | None, typer.Option(help="GNMT coverage penalty beta.")] = None,
     n_best: Annotated[
-        Optional[int], typer.Option("--n-best", help="Print N hypotheses per line as TSV.")  # noqa: UP045
+        int | None,
+        typer.Option("--n-best", help="Print N hypotheses (or samples) per line as TSV."),
     ] = None,
-    max_len_a: Annotated[Optional[float], typer.Option("--max-len-a")] = None,  # noqa: UP045
-    max_len_b: Annotated[Optional[int], typer.Option("--max-len-b")] = None,  # noqa: UP045
-    batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens")] = None,  # noqa: UP045
+    max_len_a: Annotated[float | None, typer.Option("--max-len-a")] = None,
+    max_len_b: Annotated[int | None, typer.Option("--max-len-b")] = None,
+    batch_tokens: Annotated[int | None, typer.Option("--batch-tokens")] = None,
+    sampling: Annotated[
+        bool, typer.Option("--sampling", help="Sample instead of beam search.")
+    ] = False,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Sample among the k best words.")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sampling draws.")] = None,
+    prefix: Annotated[
+        Path | None, typer.Option(help="File of target prefixes, one per input line, to force.")
+    ] = None,
+    print_alignment: Annotated[
+        bool, typer.Option("--print-alignment", help="Append a TAB and i-j word alignments.")
+    ] = False,
+    attention_plot: Annotated[
+        Path | None, typer.Option("--attention-plot", help="Write one heatmap PNG per line here.")
+    ] = None,
+    replace_unk: Annotated[
+        bool, typer.Option("--replace-unk", help="Copy the attended source word for <unk>.")
+    ] = False,
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: dynamic int8 linear layers (CPU).")
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="fp32, bf16, fp16 or auto (bf16 where native).")
+    ] = "fp32",
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
 ) -> None:
     """Translate lines from stdin (or --input) to stdout (or --output), one line per line."""
-    from nmt_cli.runtime import resolve_device
+    from nmt_cli.errors import DataError
+    from nmt_cli.runtime import resolve_device, set_threads
     from nmt_cli.streams import atomic_output, read_line_chunks
     from nmt_cli.translate import Translator
 
     overrides = _decode_overrides(
-        beam=beam,
-        alpha=alpha,
-        n_best=n_best,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        batch_tokens=batch_tokens,
-    )
+        beam=beam, alpha=alpha, coverage=coverage, n_best=n_best, max_len_a=max_len_a,
+        max_len_b=max_len_b, batch_tokens=batch_tokens, sampling=sampling or None,
+        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+    )  # fmt: skip
     with user_errors(), contextlib.ExitStack() as stack:
-        translator = Translator.from_checkpoint(checkpoint, resolve_device(device), overrides)
+        if threads is not None:
+            set_threads(threads)
+        translator = Translator.from_checkpoint(
+            checkpoints, resolve_device(device), overrides, precision=dtype,
+            quantize=quantize, replace_unk=replace_unk,
+        )  # fmt: skip
         if input_ is None:
             fd, name = sys.stdin.fileno(), "stdin"
         else:
             fd, name = _open_input(input_, stack), str(input_)
+        prefixes = None
+        if prefix is not None:  # a line iterator, read along with the input
+            prefix_fd = _open_input(prefix, stack)
+            prefixes = itertools.chain.from_iterable(
+                read_line_chunks(prefix_fd, max_lines=1000, name=str(prefix))
+            )
         sink = stack.enter_context(atomic_output(output, sys.stdout))
         chunks = read_line_chunks(fd, max_lines=1000, name=name)
-        for index, result in enumerate(translator.translate_stream(chunks)):
-            if n_best is not None:
-                for text, score in result.nbest:
-                    sink.write(f"{index}\t{score:.4f}\t{text}\n")
-            else:
-                sink.write(result.text + "\n")
+        results = translator.translate_stream(
+            chunks, prefixes=prefixes, keep_attention=print_alignment or bool(attention_plot)
+        )
+        for index, result in enumerate(results):
+            sink.write(_format_translation(index, result, n_best is not None, print_alignment))
+            if attention_plot is not None:
+                _plot_attention(result, attention_plot / f"{index + 1:06d}.png")
             if output is None:
                 sink.flush()
+        if prefixes is not None and next(prefixes, None) is not None:
+            raise DataError(f"{prefix} has more lines than the input; give one prefix per line")
+
+
+def _format_translation(index: int, result, n_best: bool, alignment: bool) -> str:
+    """One line (or n-best TSV lines) for `result`, with its word alignment if asked."""
+    from nmt_cli.alignment import hard_alignment
+
+    links = ""
+    if alignment:
+        links = "\t" + (
+            hard_alignment(result.attention, result.src_pieces[:-1], result.out_pieces[:-1])
+            if result.attention is not None
+            else ""
+        )
+    if n_best:
+        return "".join(f"{index}\t{score:.4f}\t{text}{links}\n" for text, score in result.nbest)
+    return f"{result.text}{links}\n"
+
+
+def _plot_attention(result, path: Path) -> None:
+    """One heatmap per line; an empty line has nothing to draw."""
+    from nmt_cli.plots import save_attention_heatmap
+
+    if result.attention is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_attention_heatmap(result.attention.numpy(), result.src_pieces, result.out_pieces, path)
 
 
 def _open_input(path: Path, stack: contextlib.ExitStack) -> int:

@@ -191,8 +191,14 @@ class DecodeConfig:
     alpha: float = 0.6
     max_len_a: float = 1.5
     max_len_b: int = 10
-    n_best: int = 1
+    n_best: int = 1  # hypotheses (or samples) kept per sentence
     batch_tokens: int = 4000
+    coverage: float = 0.0  # GNMT coverage penalty weight beta (0 = off)
+    sampling: bool = False  # draw words at random instead of beam search
+    temperature: float = 1.0
+    top_k: int = 0  # sample among the k most probable words (0 = all)
+    top_p: float = 1.0  # ... or the smallest set holding this much probability
+    seed: int = 1  # of the sampling draws
 
 
 @dataclass(frozen=True)
@@ -294,8 +300,20 @@ def validate(cfg: Config) -> None:
     for key in ("batch_tokens", "accum_steps", "max_bad_updates"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
-    if cfg.decode.beam < 1 or cfg.decode.n_best < 1 or cfg.decode.n_best > cfg.decode.beam:
-        raise ConfigError("decode.beam must be >= 1 and 1 <= decode.n_best <= decode.beam")
+    validate_decode(cfg.decode)
+
+
+def validate_decode(d: DecodeConfig) -> None:
+    """Also run on the settings `nmt translate` / `nmt eval` options override."""
+    if d.beam < 1 or d.n_best < 1 or (d.n_best > d.beam and not d.sampling):
+        raise ConfigError(
+            f"n-best {d.n_best} with beam {d.beam}: beam search needs 1 <= n-best <= beam; "
+            "raise the beam (--beam, decode.beam)"
+        )
+    if d.temperature <= 0 or not 0 < d.top_p <= 1 or d.top_k < 0 or d.coverage < 0:
+        raise ConfigError(
+            "decode: temperature must be > 0, 0 < top_p <= 1, top_k >= 0 and coverage >= 0"
+        )
 
 
 def _build(cls: type, raw: Any, prefix: str, skip: set[str] = frozenset()) -> Any:

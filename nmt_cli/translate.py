@@ -1,28 +1,32 @@
-"""Translate lines of text with a trained model.
+"""Translate lines of text with a trained model (or an ensemble of them).
 
 `Translator` owns a model, its tokenizers and the decoding settings. Within each call it
 sorts sentences by length and cuts token-budget batches, so little work is spent on
-padding, then restores the input order. Empty lines translate to empty lines, so output
-stays line-aligned with input.
+padding, then restores the input order. Search never lets a sentence's batch-mates change
+its result, so the order of the input does not matter. Empty lines translate to empty
+lines, so output stays line-aligned with input.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
+from nmt_cli.alignment import replace_unknowns
 from nmt_cli.checkpoint import load_checkpoint
-from nmt_cli.config import Config, DecodeConfig, config_from_dict
+from nmt_cli.config import Config, DecodeConfig, config_from_dict, validate_decode
 from nmt_cli.data.batching import collate_sources
 from nmt_cli.data.corpus import normalize
-from nmt_cli.data.tokenizer import BOS, EOS, Tokenizer
+from nmt_cli.data.tokenizer import BOS, EOS, UNK, Tokenizer
 from nmt_cli.decode.beam import beam_search
-from nmt_cli.decode.greedy import greedy_search
+from nmt_cli.decode.sampling import sample_search
 from nmt_cli.errors import CheckpointError, ConfigError, DataError
 from nmt_cli.models import build_model
+from nmt_cli.models.ensemble import Ensemble
+from nmt_cli.quantize import quantize_int8
 from nmt_cli.runtime import autocast, resolve_precision
 
 
@@ -46,6 +50,7 @@ class Translator:
         max_input_tokens: int,
         device: torch.device,
         precision: str = "fp32",
+        replace_unk: bool = False,
     ) -> None:
         self.model = model
         self.src_tokenizer = src_tokenizer
@@ -54,44 +59,64 @@ class Translator:
         self.max_input_tokens = max_input_tokens
         self.device = device
         self.precision = resolve_precision(precision, device)
+        self.replace_unk = replace_unk
+        self.generator = torch.Generator().manual_seed(decode.seed)  # sampling draws
 
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | Path,
+        paths: str | Path | Sequence[str | Path],
         device: torch.device,
         decode_overrides: dict | None = None,
+        *,
         precision: str = "fp32",
+        quantize: str | None = None,
+        replace_unk: bool = False,
     ) -> Translator:
-        """Everything needed comes from the `.pt` file: config, tokenizers and weights."""
-        ckpt = load_checkpoint(path)
-        cfg = config_from_dict(ckpt["config"])
-        src_tok = Tokenizer(ckpt["tokenizer"]["src_model"])
-        tgt_tok = Tokenizer(ckpt["tokenizer"]["tgt_model"])
-        model = build_model(
-            cfg.model, src_tok.vocab_size, tgt_tok.vocab_size, ckpt["tokenizer"]["joint"]
-        )
-        try:
-            model.load_state_dict(ckpt["model_state"])
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{path}: weights do not match its config ({str(exc).splitlines()[0]})"
-            ) from None
+        """Everything needed comes from the `.pt` files: config, tokenizers and weights.
+
+        Several paths make an ensemble; they must share the vocabulary, and the first one's
+        decoding settings apply. `quantize="int8"` runs int8 linear layers (CPU only).
+        """
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        checkpoints = [load_checkpoint(path) for path in paths]
+        first = checkpoints[0]
+        for path, ckpt in zip(paths[1:], checkpoints[1:], strict=True):
+            if (ckpt["tokenizer"]["src_sha256"], ckpt["tokenizer"]["tgt_sha256"]) != (
+                first["tokenizer"]["src_sha256"],
+                first["tokenizer"]["tgt_sha256"],
+            ):
+                raise CheckpointError(
+                    f"{path} has another vocabulary than {paths[0]}; an ensemble needs "
+                    "checkpoints trained on the same preprocessed data"
+                )
+        cfg = config_from_dict(first["config"])
+        src_tok = Tokenizer(first["tokenizer"]["src_model"])
+        tgt_tok = Tokenizer(first["tokenizer"]["tgt_model"])
+        models = [
+            _load_model(path, ckpt, src_tok, tgt_tok)
+            for path, ckpt in zip(paths, checkpoints, strict=True)
+        ]
+        model = models[0] if len(models) == 1 else Ensemble(models)
+        if quantize is not None:
+            if quantize != "int8" or device.type != "cpu":
+                raise ConfigError(
+                    f"--quantize {quantize} on {device.type}: only int8 on the CPU is supported; "
+                    "use --dtype bf16 or fp16 on a GPU"
+                )
+            model = quantize_int8(model)
         model.to(device).eval()
         decode = dataclasses.replace(cfg.decode, **(decode_overrides or {}))
-        if not 1 <= decode.n_best <= decode.beam:
-            raise ConfigError(
-                f"--n-best {decode.n_best} needs 1 <= n-best <= beam (beam is {decode.beam}); "
-                "raise --beam"
-            )
+        validate_decode(decode)
         return cls(
             model,
             src_tok,
             tgt_tok,
             decode,
-            max_input_tokens=cfg.model.max_len,
+            max_input_tokens=min(config_from_dict(c["config"]).model.max_len for c in checkpoints),
             device=device,
             precision=precision,
+            replace_unk=replace_unk,
         )
 
     @classmethod
@@ -119,19 +144,23 @@ class Translator:
         *,
         first_line: int = 1,
         keep_attention: bool = False,
+        prefixes: list[str] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> list[Translation]:
         """Translate `lines` (numbered from `first_line` in error messages), in order.
 
+        `prefixes[i]` (target text) forces the start of line i's translation.
         `on_progress(n)` is called after each batch with the number of sentences it held.
         """
-        ids = [self.src_tokenizer.encode(normalize(line)) for line in lines]
+        lines = [normalize(line) for line in lines]
+        ids = [self.src_tokenizer.encode(line) for line in lines]
         for offset, seq in enumerate(ids):
             if len(seq) > self.max_input_tokens:
                 raise DataError(
                     f"input line {first_line + offset} has {len(seq)} tokens, more than the "
                     f"model's limit of {self.max_input_tokens}; split the line into sentences"
                 )
+        forced = [self.tgt_tokenizer.encode(normalize(p)) for p in prefixes] if prefixes else None
         results: list[Translation | None] = [None] * len(lines)
         nonempty = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))
         for i in range(len(lines)):
@@ -139,20 +168,41 @@ class Translator:
                 results[i] = Translation("", [("", 0.0)], [], [], None)
         if on_progress is not None and len(nonempty) < len(lines):
             on_progress(len(lines) - len(nonempty))
+        keep_attention = keep_attention or self.replace_unk
         for batch in self._batches(nonempty, ids):
-            for i, hyps in zip(
-                batch, self._search([ids[i] for i in batch], keep_attention), strict=True
-            ):
-                results[i] = self._to_translation(ids[i], hyps)
+            batch_prefixes = [forced[i] for i in batch] if forced else None
+            hyps = self._search([ids[i] for i in batch], batch_prefixes, keep_attention)
+            for i, sentence_hyps in zip(batch, hyps, strict=True):
+                results[i] = self._to_translation(lines[i], ids[i], sentence_hyps)
             if on_progress is not None:
                 on_progress(len(batch))
         return results  # type: ignore[return-value]
 
-    def translate_stream(self, chunks: Iterable[list[str]]) -> Iterator[Translation]:
-        """Translate chunk after chunk, yielding each chunk's results before reading the next."""
+    def translate_stream(
+        self,
+        chunks: Iterable[list[str]],
+        *,
+        prefixes: Iterator[str] | None = None,
+        keep_attention: bool = False,
+    ) -> Iterator[Translation]:
+        """Translate chunk after chunk, yielding each chunk's results before reading the next.
+
+        `prefixes` yields one target prefix per input line.
+        """
         line = 1
         for chunk in chunks:
-            yield from self.translate(chunk, first_line=line)
+            chunk_prefixes = None
+            if prefixes is not None:
+                chunk_prefixes = [next(prefixes, None) for _ in chunk]
+                if None in chunk_prefixes:
+                    have = line - 1 + chunk_prefixes.index(None)
+                    raise DataError(
+                        f"the prefix file has fewer lines ({have}) than the input; "
+                        "give one prefix line per input line"
+                    )
+            yield from self.translate(
+                chunk, first_line=line, prefixes=chunk_prefixes, keep_attention=keep_attention
+            )
             line += len(chunk)
 
     def _batches(self, order: list[int], ids: list[list[int]]) -> Iterator[list[int]]:
@@ -166,41 +216,59 @@ class Translator:
         if batch:
             yield batch
 
-    @torch.no_grad()
-    def _search(self, sources: list[list[int]], keep_attention: bool):
+    @torch.inference_mode()
+    def _search(
+        self, sources: list[list[int]], prefixes: list[list[int]] | None, keep_attention: bool
+    ):
         src, src_mask = collate_sources(sources, self.device)
         d = self.decode
+        common = dict(
+            bos=BOS, eos=EOS, alpha=d.alpha, max_len_a=d.max_len_a, max_len_b=d.max_len_b,
+            prefixes=prefixes, keep_attention=keep_attention,
+        )  # fmt: skip
         with autocast(self.device, self.precision):
-            if d.beam == 1:
-                return greedy_search(
-                    self.model,
-                    src,
-                    src_mask,
-                    bos=BOS,
-                    eos=EOS,
-                    max_len_a=d.max_len_a,
-                    max_len_b=d.max_len_b,
-                )
+            if d.sampling:
+                return sample_search(
+                    self.model, src, src_mask, samples=d.n_best, temperature=d.temperature,
+                    top_k=d.top_k, top_p=d.top_p, generator=self.generator, **common,
+                )  # fmt: skip
             return beam_search(
-                self.model,
-                src,
-                src_mask,
-                beam=d.beam,
-                bos=BOS,
-                eos=EOS,
-                alpha=d.alpha,
-                max_len_a=d.max_len_a,
-                max_len_b=d.max_len_b,
-                n_best=d.n_best,
-                keep_attention=keep_attention,
-            )
+                self.model, src, src_mask, beam=d.beam, n_best=d.n_best, coverage=d.coverage,
+                **common,
+            )  # fmt: skip
 
-    def _to_translation(self, src_ids: list[int], hyps) -> Translation:
+    def _to_translation(self, line: str, src_ids: list[int], hyps) -> Translation:
         best = hyps[0]
+        src_pieces = [*map(self.src_tokenizer.id_to_piece, src_ids), "</s>"]
+        out_pieces = [*map(self.tgt_tokenizer.id_to_piece, best.tokens), "</s>"]
+        if self.replace_unk:
+            unk = self.tgt_tokenizer.id_to_piece(UNK)
+            pieces = replace_unknowns(
+                out_pieces[:-1], best.attention, src_pieces[:-1], line.split(), unk
+            )
+            text = self.tgt_tokenizer.decode_pieces(pieces)
+        else:
+            text = self.tgt_tokenizer.decode(best.tokens)
         return Translation(
-            text=self.tgt_tokenizer.decode(best.tokens),
+            text=text,
             nbest=[(self.tgt_tokenizer.decode(h.tokens), h.score) for h in hyps],
-            src_pieces=[*map(self.src_tokenizer.id_to_piece, src_ids), "</s>"],
-            out_pieces=[*map(self.tgt_tokenizer.id_to_piece, best.tokens), "</s>"],
+            src_pieces=src_pieces,
+            out_pieces=out_pieces,
             attention=best.attention,
         )
+
+
+def _load_model(
+    path: str | Path, ckpt: dict, src_tok: Tokenizer, tgt_tok: Tokenizer
+) -> torch.nn.Module:
+    cfg = config_from_dict(ckpt["config"])
+    model = build_model(
+        cfg.model, src_tok.vocab_size, tgt_tok.vocab_size, ckpt["tokenizer"]["joint"]
+    )
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: weights do not match its config ({str(exc).splitlines()[0]})"
+        ) from None
+    return model.eval()

@@ -235,7 +235,7 @@ def test_n_best_larger_than_the_beam(checkpoint: Path, tmp_path: Path) -> None:
     src = tmp_path / "in.txt"
     src.write_text("1 2 3\n", encoding="utf-8")
     r = nmt("translate", checkpoint, "--input", src, "--n-best", "4", "--beam", "2")
-    assert_one_line_error(r.exit_code, r.stderr, "--n-best 4", "beam is 2", "--beam")
+    assert_one_line_error(r.exit_code, r.stderr, "n-best 4 with beam 2", "--beam")
 
 
 @pytest.mark.parametrize("failure", ["too_long", "invalid_utf8"])

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from nmt_cli.decode.beam import beam_search, length_penalty
-from nmt_cli.decode.greedy import greedy_search
 from nmt_cli.models.state import DecoderState
 
 PAD, UNK, BOS, EOS, A, B, C = range(7)
@@ -118,7 +117,8 @@ def beam(src, mask, *, k: int, alpha: float = 0.0, a: float = 0.0, b: int = 10, 
 
 
 def greedy(src, mask, *, a: float = 0.0, b: int = 10):
-    return greedy_search(ScriptedModel(), src, mask, bos=BOS, eos=EOS, max_len_a=a, max_len_b=b)
+    """Greedy search is beam search with one beam."""
+    return beam(src, mask, k=1, a=a, b=b)
 
 
 def test_greedy_takes_the_locally_best_word() -> None:

@@ -123,6 +123,9 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids if int(i) not in self._skip])
 
+    def decode_pieces(self, pieces: Sequence[str]) -> str:
+        return self._sp.decode_pieces(list(pieces))
+
     def id_to_piece(self, index: int) -> str:
         return self._sp.id_to_piece(int(index))
 

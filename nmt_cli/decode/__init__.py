@@ -1,4 +1,4 @@
-"""Search over the model interface (`encode`, `init_state`, `step`): greedy and beam.
+"""Search over the model interface (`encode`, `init_state`, `step`): beam and sampling.
 
 Both return, per input sentence, a list of `Hypothesis` (best first). Neither knows which
 model family it drives.

@@ -1,16 +1,26 @@
-"""Batched beam search with the GNMT length penalty.
+"""Batched beam search with the GNMT length and coverage penalties.
 
-All sentences of a batch advance together: the state holds B * K rows (K = beam size),
-and after each step the K best continuations of each sentence are kept by reordering the
-state with `DecoderState.reorder`. A hypothesis that emits EOS is set aside with the score
+All sentences of a batch advance together: the state holds N * K rows (N sentences still
+running, K = beam size), and after each step the K best continuations of each sentence are
+kept by reordering the state with `DecoderState.reorder`. A hypothesis that emits EOS is set
+aside with the score (Wu et al. 2016, eq. 14)
 
-    s(Y) = log P(Y | X) / lp(Y),   lp(Y) = ((5 + |Y|) / 6) ** alpha     (Wu et al. 2016, eq. 14)
+    s(Y, X) = log P(Y | X) / lp(Y) + cp(X; Y)
+    lp(Y) = ((5 + |Y|) / 6) ** alpha
+    cp(X; Y) = beta * sum_i log(min(sum_j p_ij, 1))
 
-and a sentence is done when K hypotheses have finished (fairseq's stopping rule) or its
-length limit a * |X| + b is reached, where only EOS is allowed.
+where p_ij is the attention weight of output word j on source word i: the coverage penalty
+favours translations that attend to every source word. A sentence is done when K hypotheses
+have finished (fairseq's stopping rule) or its length limit a * |X| + b is reached, where only
+EOS is allowed. Done sentences leave the batch at once, so the steps that remain cost only
+what the unfinished sentences need, and a sentence's result never depends on its batch-mates.
+
+A target prefix forces the first words of a sentence's output (the search continues from it).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -21,7 +31,68 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-@torch.no_grad()
+def coverage_penalty(coverage: torch.Tensor, src_mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """coverage [R, S] (attention summed over output steps) -> cp [R], 0 where beta is 0."""
+    if beta == 0.0:
+        return coverage.new_zeros(coverage.size(0))
+    capped = coverage.clamp(min=1e-10, max=1.0).log()
+    return beta * capped.masked_fill(~src_mask, 0.0).sum(dim=1)
+
+
+@dataclasses.dataclass
+class _Running:
+    """Per-row tensors of the sentences still searching: sentence-major, K rows each."""
+
+    sentence: torch.Tensor  # [N] index of each running sentence in the input batch
+    limit: torch.Tensor  # [N] its output length limit
+    src_mask: torch.Tensor  # [N*K, S]
+    prefix: torch.Tensor  # [N, P] forced output words, -1 past each prefix's end
+    scores: torch.Tensor  # [N, K] log-probabilities of the hypotheses
+    history: torch.Tensor  # [N*K, t] words so far
+    coverage: torch.Tensor | None  # [N*K, S] attention summed over steps, when needed
+    attention: torch.Tensor | None  # [N*K, t, S] attention per step, when kept
+
+    def select(self, sentences: torch.Tensor, rows: torch.Tensor) -> _Running:
+        """Keep sentences `sentences` [N'] (running indices) and rows `rows` [N'*K]."""
+        pick = lambda x: None if x is None else x.index_select(0, rows)  # noqa: E731
+        return _Running(
+            sentence=self.sentence[sentences],
+            limit=self.limit[sentences],
+            src_mask=self.src_mask.index_select(0, rows),
+            prefix=self.prefix[sentences],
+            scores=self.scores,  # replaced by the caller
+            history=self.history.index_select(0, rows),
+            coverage=pick(self.coverage),
+            attention=pick(self.attention),
+        )
+
+
+def _prefix_tensor(prefixes: list[list[int]] | None, batch: int, device) -> torch.Tensor:
+    width = max((len(p) for p in prefixes), default=0) if prefixes else 0
+    out = torch.full((batch, width), -1, dtype=torch.long, device=device)
+    for b, words in enumerate(prefixes or []):
+        out[b, : len(words)] = torch.tensor(words, dtype=torch.long)
+    return out
+
+
+def _restrict(log_probs: torch.Tensor, run: _Running, t: int, K: int, eos: int) -> None:
+    """In place: force prefix words, and only EOS at the length limit."""
+    if t < run.prefix.size(1):
+        forced = run.prefix[:, t].repeat_interleave(K)  # [N*K]
+        rows = (forced >= 0).nonzero().squeeze(1)
+        if rows.numel():
+            words = forced[rows]
+            kept = log_probs[rows, words]
+            log_probs[rows] = float("-inf")
+            log_probs[rows, words] = kept
+    at_limit = (t + 1 >= run.limit).repeat_interleave(K)  # [N*K]
+    if bool(at_limit.any()):
+        eos_scores = log_probs[:, eos].clone()
+        log_probs[at_limit] = float("-inf")
+        log_probs[:, eos] = torch.where(at_limit, eos_scores, log_probs[:, eos])
+
+
+@torch.inference_mode()
 def beam_search(
     model: torch.nn.Module,
     src: torch.Tensor,
@@ -34,69 +105,88 @@ def beam_search(
     max_len_a: float,
     max_len_b: int,
     n_best: int = 1,
+    coverage: float = 0.0,
+    prefixes: list[list[int]] | None = None,
     keep_attention: bool = False,
 ) -> list[list[Hypothesis]]:
-    """src [B, S] -> per sentence, its `n_best` hypotheses, best first."""
+    """src [B, S] -> per sentence, its `n_best` hypotheses, best first.
+
+    `prefixes[b]` (word ids, no BOS) starts sentence b's output; `coverage` is beta.
+    """
     B, K, device = src.size(0), beam, src.device
-    limits = max_output_lengths(src_mask, max_len_a, max_len_b)  # [B]
-    src_lengths = src_mask.sum(1).tolist()
-    state = model.init_state(model.encode(src, src_mask))
-    state = state.reorder(torch.arange(B, device=device).repeat_interleave(K))  # B*K rows
+    prefix = _prefix_tensor(prefixes, B, device)
+    limits = max_output_lengths(src_mask, max_len_a, max_len_b)
+    limits = torch.maximum(limits, (prefix >= 0).sum(1) + 1)  # room for the prefix and EOS
+    expand = torch.arange(B, device=device).repeat_interleave(K)
+    state = model.init_state(model.encode(src, src_mask)).reorder(expand)  # B*K rows
     # Only the first beam of each sentence is alive at step 0, so K copies don't compete.
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0
+    S = src.size(1)
+    run = _Running(
+        sentence=torch.arange(B, device=device),
+        limit=limits,
+        src_mask=src_mask[expand],
+        prefix=prefix,
+        scores=scores,
+        history=torch.empty((B * K, 0), dtype=torch.long, device=device),
+        coverage=torch.zeros(B * K, S, device=device) if coverage else None,
+        attention=torch.empty(B * K, 0, S, device=device) if keep_attention else None,
+    )
     prev = torch.full((B * K,), bos, dtype=torch.long, device=device)
-    history = torch.empty((B * K, 0), dtype=torch.long, device=device)  # tokens so far
-    attn_history = None  # [B*K, t, S]
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    row_offsets = torch.arange(B, device=device).unsqueeze(1) * K  # [B, 1]
+    src_lengths = src_mask.sum(1).tolist()
 
     for t in range(int(limits.max())):
-        log_probs, state, attention = model.step(prev, state)  # [B*K, V]
-        V = log_probs.size(1)
-        at_limit = (t + 1 >= limits).repeat_interleave(K)  # [B*K]
-        if bool(at_limit.any()):
-            eos_scores = log_probs[:, eos].clone()
-            log_probs[at_limit] = float("-inf")
-            log_probs[:, eos] = torch.where(at_limit, eos_scores, log_probs[:, eos])
-        candidates = (scores.view(B * K, 1) + log_probs).view(B, K * V)
-        top_scores, top_index = candidates.topk(2 * K, dim=1)  # [B, 2K]
-        top_beam, top_token = top_index // V, top_index % V
-        is_eos = top_token == eos
+        log_probs, state, attention = model.step(prev, state)  # [N*K, V]
+        log_probs = log_probs.float()
+        N, V = run.scores.size(0), log_probs.size(1)
+        if run.coverage is not None:
+            run.coverage = run.coverage + attention.float()
+        if run.attention is not None:
+            run.attention = torch.cat([run.attention, attention.float().unsqueeze(1)], dim=1)
+        _restrict(log_probs, run, t, K, eos)
+        candidates = (run.scores.view(N * K, 1) + log_probs).view(N, K * V)
+        top_scores, top_index = candidates.topk(2 * K, dim=1)  # [N, 2K]
+        top_beam, top_word = top_index // V, top_index % V
+        is_eos = top_word == eos
 
-        if keep_attention and attention is not None:
-            step_attn = attention.float().unsqueeze(1)  # [B*K, 1, S]
-            attn_history = (
-                step_attn if attn_history is None else torch.cat([attn_history, step_attn], dim=1)
-            )
-
-        # Set aside EOS hypotheses that rank within the top K of a sentence still running.
-        alive = ~done.unsqueeze(1) & torch.isfinite(top_scores[:, :K])
-        eos_hits = (is_eos[:, :K] & alive).nonzero().tolist()
-        for b, j in eos_hits:
-            row = b * K + int(top_beam[b, j])
-            normalised = float(top_scores[b, j]) / length_penalty(t + 1, alpha)
-            attn = None
-            if attn_history is not None:
-                attn = attn_history[row, :, : src_lengths[b]].clone()  # [t+1, S_b]
-            finished[b].append(Hypothesis(history[row].tolist(), normalised, attn))
-        for b in {b for b, _ in eos_hits}:
-            if len(finished[b]) >= K:
-                done[b] = True
-        done |= t + 1 >= limits
+        # Set aside EOS hypotheses that rank within the top K.
+        hits = (is_eos[:, :K] & torch.isfinite(top_scores[:, :K])).nonzero().tolist()
+        if hits:
+            hit_rows = torch.tensor([n * K + int(top_beam[n, j]) for n, j in hits], device=device)
+            hit_scores = top_scores[[n for n, _ in hits], [j for _, j in hits]]
+            hit_scores = hit_scores / length_penalty(t + 1, alpha)
+            if run.coverage is not None:
+                hit_scores += coverage_penalty(
+                    run.coverage[hit_rows], run.src_mask[hit_rows], coverage
+                )
+            for (n, _), row, score in zip(
+                hits, hit_rows.tolist(), hit_scores.tolist(), strict=True
+            ):
+                b = int(run.sentence[n])
+                attn = None
+                if run.attention is not None:
+                    attn = run.attention[row, :, : src_lengths[b]].clone()  # [t+1, S_b]
+                finished[b].append(Hypothesis(run.history[row].tolist(), score, attn))
+        done = t + 1 >= run.limit
+        for n, _ in hits:
+            done[n] |= len(finished[int(run.sentence[n])]) >= K
         if bool(done.all()):
             break
 
-        # Keep the K best non-EOS continuations: rank EOS candidates after all others.
+        # Keep the K best non-EOS continuations of each running sentence: rank EOS last.
         rank = is_eos.long() * (2 * K) + torch.arange(2 * K, device=device)
-        keep = rank.topk(K, dim=1, largest=False).indices  # [B, K]
-        scores = top_scores.gather(1, keep).masked_fill(done.unsqueeze(1), float("-inf"))
-        rows = (row_offsets + top_beam.gather(1, keep)).view(-1)  # [B*K]
-        prev = top_token.gather(1, keep).view(-1)
-        history = torch.cat([history[rows], prev.unsqueeze(1)], dim=1)
-        if attn_history is not None:
-            attn_history = attn_history[rows]
-        state = state.reorder(rows)
+        keep = rank.topk(K, dim=1, largest=False).indices  # [N, K]
+        offsets = torch.arange(N, device=device).unsqueeze(1) * K
+        rows = (offsets + top_beam.gather(1, keep)).view(N, K)
+        words = top_word.gather(1, keep)
+        new_scores = top_scores.gather(1, keep)
+        running = (~done).nonzero().squeeze(1)  # [N']
+        rows, words = rows[running].view(-1), words[running].view(-1)
+        next_run = run.select(running, rows)
+        next_run.scores = new_scores[running]
+        next_run.history = torch.cat([next_run.history, words.unsqueeze(1)], dim=1)
+        run, prev, state = next_run, words, state.reorder(rows)
 
     return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]

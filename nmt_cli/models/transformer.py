@@ -64,7 +64,9 @@ class MultiHeadAttention(nn.Module):
 
     One [3D, D] input projection holds the query, key and value matrices: self-attention
     applies it in one matmul; cross-attention applies the query rows to the decoder and the
-    key/value rows to the encoder output.
+    key/value rows to the encoder output. `split_projection` copies those row blocks into
+    whole Linear modules for inference, which int8 quantization needs (it replaces modules,
+    and cannot slice a quantized weight).
     """
 
     def __init__(self, d_model: int, heads: int, dropout: float) -> None:
@@ -72,6 +74,20 @@ class MultiHeadAttention(nn.Module):
         self.heads, self.d_model, self.dropout = heads, d_model, dropout
         self.in_proj = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+        self.q_proj: nn.Module | None = None  # set by split_projection
+        self.kv_proj: nn.Module | None = None
+
+    def split_projection(self) -> None:
+        """Copy the query rows and the key/value rows of `in_proj` into Linear modules."""
+        D = self.d_model
+        weight, bias = self.in_proj.weight.detach(), self.in_proj.bias.detach()
+        self.q_proj = nn.Linear(D, D).to(weight.device)
+        self.kv_proj = nn.Linear(D, 2 * D).to(weight.device)
+        with torch.no_grad():
+            self.q_proj.weight.copy_(weight[:D])
+            self.q_proj.bias.copy_(bias[:D])
+            self.kv_proj.weight.copy_(weight[D:])
+            self.kv_proj.bias.copy_(bias[D:])
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, D] -> [B, h, T, d_h]."""
@@ -83,13 +99,18 @@ class MultiHeadAttention(nn.Module):
         return tuple(self._split(part) for part in self.in_proj(x).chunk(3, dim=-1))
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
+        if self.q_proj is not None:
+            return self._split(self.q_proj(x))
         D = self.d_model
         return self._split(F.linear(x, self.in_proj.weight[:D], self.in_proj.bias[:D]))
 
     def key_value(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """memory [B, S, D] -> k, v [B, h, S, d_h]: done once per sentence when decoding."""
-        D = self.d_model
-        kv = F.linear(memory, self.in_proj.weight[D:], self.in_proj.bias[D:])
+        if self.kv_proj is not None:
+            kv = self.kv_proj(memory)
+        else:
+            D = self.d_model
+            kv = F.linear(memory, self.in_proj.weight[D:], self.in_proj.bias[D:])
         return tuple(self._split(part) for part in kv.chunk(2, dim=-1))
 
     def attend(
