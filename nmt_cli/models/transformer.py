@@ -37,11 +37,39 @@ class TransformerMemory:
 
 @dataclasses.dataclass
 class TransformerState(DecoderState):
-    self_keys: torch.Tensor  # [B, L, h, t, d_h] keys of the t words decoded so far, per layer
-    self_values: torch.Tensor  # [B, L, h, t, d_h]
-    cross_keys: torch.Tensor  # [B, L, h, S, d_h] encoder keys, projected once per sentence
-    cross_values: torch.Tensor  # [B, L, h, S, d_h]
-    key_mask: torch.Tensor  # [B, 1, 1, S] True on real source tokens
+    """The decoder's cache for R rows (hypotheses) of N sentences, G = R / N rows each.
+
+    Every row of a sentence (its beam) attends to the same encoder keys and values, so they
+    are kept once per sentence: reordering a beam moves only the self-attention cache, and
+    cross-attention takes a sentence's G rows as G queries against one set of keys.
+    """
+
+    self_keys: torch.Tensor  # [R, L, h, t, d_h] keys of the t words decoded so far, per layer
+    self_values: torch.Tensor  # [R, L, h, t, d_h]
+    cross_keys: torch.Tensor  # [N, L, h, S, d_h] encoder keys, projected once per sentence
+    cross_values: torch.Tensor  # [N, L, h, S, d_h]
+    key_mask: torch.Tensor  # [N, 1, 1, S] True on real source tokens
+    rows_per_sentence: int = 1  # G: rows r*G .. r*G+G-1 belong to sentence r
+
+    def reorder(self, index: torch.Tensor) -> TransformerState:
+        """Select rows `index`; sentences follow their rows, copied only when they change."""
+        sentence_of_row = index // self.rows_per_sentence
+        sentences, counts = torch.unique_consecutive(sentence_of_row, return_counts=True)
+        if bool((counts == counts[0]).all()):  # sentence-major, equal groups: a beam
+            rows_per_sentence, pick = int(counts[0]), sentences
+        else:
+            rows_per_sentence, pick = 1, sentence_of_row
+        N = self.cross_keys.size(0)
+        unchanged = pick.numel() == N and torch.equal(pick, torch.arange(N, device=pick.device))
+        select = (lambda x: x) if unchanged else (lambda x: x.index_select(0, pick))  # noqa: E731
+        return TransformerState(
+            self_keys=self.self_keys.index_select(0, index),
+            self_values=self.self_values.index_select(0, index),
+            cross_keys=select(self.cross_keys),
+            cross_values=select(self.cross_values),
+            key_mask=select(self.key_mask),
+            rows_per_sentence=rows_per_sentence,
+        )
 
 
 def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -216,23 +244,27 @@ class DecoderLayer(nn.Module):
         key_mask: torch.Tensor,
         need_weights: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One new position x [B, 1, D] against the cache past_k/v [B, h, t, d_h].
+        """One new position x [R, 1, D] against the cache past_k/v [R, h, t, d_h]; cross_k/v
+        [N, h, S, d_h] hold the encoder keys and values of the N sentences the rows belong to.
 
-        Returns the output, this position's key and value [B, h, 1, d_h], and the cross-
-        attention weights [B, S] when asked. No causal mask is needed: the cache holds only
+        Returns the output, this position's key and value [R, h, 1, d_h], and the cross-
+        attention weights [R, S] when asked. No causal mask is needed: the cache holds only
         earlier positions.
         """
         q, k, v = self.self_attn.self_qkv(self.self_sub.input(x))
         keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
         x = self.self_sub.output(x, self.self_attn.attend(q, keys, values))
-        q = self.cross_attn.query(self.cross_sub.input(x))
+        # The G rows of each of the N sentences become G query positions of one sentence.
+        R, N = x.size(0), cross_k.size(0)
+        q = self.cross_attn.query(self.cross_sub.input(x))  # [R, h, 1, d_h]
+        q = q.reshape(N, R // N, *q.shape[1:]).squeeze(3).transpose(1, 2)  # [N, h, G, d_h]
         weights = None
         if need_weights:
             out, weights = self.cross_attn.attend_with_weights(q, cross_k, cross_v, key_mask)
-            weights = weights.squeeze(1)
+            weights = weights.reshape(R, -1)  # [N, G, S] -> [R, S]
         else:
             out = self.cross_attn.attend(q, cross_k, cross_v, key_mask)
-        x = self.cross_sub.output(x, out)
+        x = self.cross_sub.output(x, out.reshape(R, 1, -1))  # [N, G, D] -> [R, 1, D]
         return self.ff_sub.output(x, self.ff(self.ff_sub.input(x))), k, v, weights
 
 
