@@ -7,6 +7,8 @@ the process (`/usr/bin/time -v`), and sacreBLEU. The engines, in one run:
 
   nmt_cli fp32            our PyTorch decoder on the checkpoint
   nmt_cli int8            the same with dynamic int8 linear layers (`--quantize int8`)
+  nmt_cli fp32 uncached   the same without the decoder cache (each step recomputes the
+                          prefix): its BLEU must equal the cached decoder's
   ctranslate2 f32 / int8  the checkpoint exported with `nmt export --format ctranslate2`
   fairseq                 (--peer fairseq) fairseq-generate on the Transformer of the same size
                           that `bench/train_speed.py --peer fairseq` trained
@@ -60,6 +62,10 @@ def worker(args: argparse.Namespace) -> None:
         translator = Translator.from_checkpoint(
             args.model, torch.device("cpu"), {"beam": BEAM}, quantize=args.quantize
         )
+        if args.uncached:
+            from nmt_cli.models.uncached import Uncached
+
+            translator.model = Uncached(translator.model)
     else:
         from nmt_cli.ct2_translate import CTranslate2Translator
 
@@ -99,16 +105,12 @@ def bleu(hyp: Path, ref: Path) -> float:
     return sacrebleu.corpus_bleu(hyps, [refs]).score
 
 
-def run_engine(
-    name: str, engine: str, model: Path, work: Path, test: Path, quantize: str | None = None
-) -> dict:
+def run_engine(name: str, engine: str, model: Path, work: Path, test: Path, *extra: str) -> dict:
     console.print(f"{name}: decoding test_2016_flickr, beam {BEAM}")
     out = work / f"{name.replace(' ', '-')}.en"
     command = [sys.executable, __file__, "worker", "--engine", engine, "--model", str(model),
                "--src", str(test / "test.de"), "--out", str(out),
-               "--threads", str(THREADS)]  # fmt: skip
-    if quantize:
-        command += ["--quantize", quantize]
+               "--threads", str(THREADS), *extra]  # fmt: skip
     stdout, peak = timed(command, work / f"{name.replace(' ', '-')}.log")
     figures = json.loads(stdout.strip().splitlines()[-1])
     threads = f"intra {THREADS}" if engine == "torch" else f"inter {THREADS} x intra 1"
@@ -187,6 +189,7 @@ def main() -> None:
     w.add_argument("--out", required=True)
     w.add_argument("--threads", type=int, default=THREADS)
     w.add_argument("--quantize")
+    w.add_argument("--uncached", action="store_true", help="recompute the prefix every step")
     parser.add_argument("checkpoint", type=Path, nargs="?")
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "multi30k")
     parser.add_argument(
@@ -211,7 +214,8 @@ def main() -> None:
     ckpt = args.checkpoint.resolve()
     rows = [
         run_engine("nmt_cli fp32", "torch", ckpt, work, test),
-        run_engine("nmt_cli int8", "torch", ckpt, work, test, quantize="int8"),
+        run_engine("nmt_cli int8", "torch", ckpt, work, test, "--quantize", "int8"),
+        run_engine("nmt_cli fp32 uncached", "torch", ckpt, work, test, "--uncached"),
     ]
     for quantize, label in (("none", "f32"), ("int8", "int8")):
         model = export(ckpt, work / f"ct2-{label}", quantize)
@@ -236,6 +240,8 @@ def main() -> None:
         best = max(peers, key=lambda r: r["tok_per_s"])
         ratio = by_name["nmt_cli fp32"]["tok_per_s"] / best["tok_per_s"]
         out.print(f"nmt_cli fp32 / {best['engine']}: {ratio:.2f}x tokens/s")
+    same = by_name["nmt_cli fp32"]["bleu"] == by_name["nmt_cli fp32 uncached"]["bleu"]
+    out.print(f"BLEU cached vs uncached: {'identical' if same else 'DIFFERENT'}")
     ratio = by_name["nmt_cli int8"]["tok_per_s"] / by_name["ctranslate2 int8"]["tok_per_s"]
     out.print(f"nmt_cli int8 / ctranslate2 int8: {ratio:.2f}x tokens/s")
     if stream:

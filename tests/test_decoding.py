@@ -20,6 +20,7 @@ from nmt_cli.decode.beam import beam_search, coverage_penalty
 from nmt_cli.decode.sampling import reshape_distribution
 from nmt_cli.errors import CheckpointError
 from nmt_cli.models import build_model
+from nmt_cli.models.uncached import Uncached
 from nmt_cli.quantize import quantize_int8
 from nmt_cli.translate import Translator
 
@@ -232,3 +233,15 @@ def test_print_alignment_of_the_reverse_model_is_the_anti_diagonal(
         n = len(line.split())
         assert links == " ".join(f"{i}-{n - 1 - i}" for i in range(n))
     assert sorted(p.name for p in plots.iterdir()) == ["000001.png", "000002.png", "000003.png"]
+
+
+@pytest.mark.parametrize("kind", ["transformer", "rnn"])
+def test_cached_decoding_equals_uncached(kind: str) -> None:
+    model = random_model(kind)
+    src, mask = padded(random_sources(12, 50, seed=6))
+    search = dict(beam=4, bos=2, eos=3, alpha=0.6, max_len_a=1.0, max_len_b=5, n_best=4)
+    cached = beam_search(model, src, mask, **search)
+    uncached = beam_search(Uncached(model), src, mask, **search)
+    for a, b in zip(cached, uncached, strict=True):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
