@@ -141,6 +141,30 @@ def average(
     console.print(f"averaged {len(checkpoints)} checkpoints into {written}", soft_wrap=True)
 
 
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A Transformer .pt checkpoint.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Model directory to write (replaces an earlier export).")
+    ],
+    format_: Annotated[str, typer.Option("--format", help="Export format: ctranslate2.")] = (
+        "ctranslate2"
+    ),
+    quantize: Annotated[
+        str, typer.Option(help="Weights: none (as trained, float32), int8, int8_float32, ...")
+    ] = "none",
+) -> None:
+    """Write a Transformer checkpoint as a CTranslate2 model directory, for fast inference."""
+    from nmt_cli.errors import ConfigError
+    from nmt_cli.export import export_ctranslate2, render_export
+
+    with user_errors():
+        if format_ != "ctranslate2":
+            raise ConfigError(f"--format {format_} is unknown; the export format is ctranslate2")
+        result = export_ctranslate2(checkpoint, out, quantization=quantize)
+    render_export(result, console)
+
+
 def _decode_overrides(**values) -> dict:
     return {key: value for key, value in values.items() if value is not None}
 

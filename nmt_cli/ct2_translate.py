@@ -1,0 +1,340 @@
+"""Translate with a CTranslate2 model directory written by `nmt export`.
+
+`CTranslate2Translator` is a drop-in for `nmt_cli.translate.Translator`: the same text
+normalisation, SentencePiece model, input limit, empty-line handling and `Translation`
+results, while the search runs in CTranslate2's C++ engine (fused kernels, optional int8
+weights, `inter_threads` batches translated in parallel). It reproduces our beam search
+(`nmt_cli.decode.beam`) except in three places:
+
+1. Length penalty. CTranslate2 divides a finished hypothesis' log-probability by |Y|^lp,
+   not by GNMT's lp(Y) = ((5 + |Y|) / 6)^alpha (Wu et al. 2016, eq. 14). We ask it for all
+   `beam` finished hypotheses, multiply its normalisation back out and apply GNMT's, so the
+   ranking is ours. CTranslate2's lp is alpha, or a tiny value when alpha is 0: at exactly 0
+   it stops at the first finished best hypothesis instead of collecting `beam` of them as we
+   do. One difference remains: when the search ends with more than `beam` finished
+   hypotheses (several finish at the last step), CTranslate2 keeps the `beam` best under its
+   own penalty before we rescore, so the tail of an n-best list can differ.
+2. The length limit a * |X| + b. At the limit ours allows only EOS and counts its
+   probability; CTranslate2 stops one step earlier without it. Outputs that reach the limit
+   have the same words with beam 1, and may differ in beam search.
+3. Arithmetic. Its kernels round differently (log-probabilities agree to ~1e-6), so exact
+   ties can break the other way; int8 weights change scores more.
+
+The limit is per sentence, while CTranslate2 takes one maximum length per call, so batches
+hold sentences of one limit (sentences are sorted by length, so that costs little) and are
+submitted asynchronously, which lets `inter_threads` workers translate them in parallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmt_cli.config import DecodeConfig
+from nmt_cli.data.corpus import normalize
+from nmt_cli.data.tokenizer import EOS, Tokenizer
+from nmt_cli.decode import max_output_lengths
+from nmt_cli.decode.beam import length_penalty
+from nmt_cli.errors import CheckpointError, ConfigError, DataError
+from nmt_cli.export import DECODE_KEYS, FORMAT, FORMAT_VERSION, METADATA, import_ctranslate2
+from nmt_cli.translate import Translation
+
+# CTranslate2's length penalty when alpha is 0 (see the module docstring, point 1): small
+# enough that its pre-selection ranks like raw log-probabilities, as ours does.
+NEUTRAL_PENALTY = 1e-3
+
+
+class CTranslate2Translator:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        decode_overrides: dict | None = None,
+        *,
+        device: str = "cpu",
+        compute_type: str = "default",
+        inter_threads: int | None = None,
+        intra_threads: int = 1,
+    ) -> None:
+        """Load an exported model. `decode_overrides` (beam, alpha, n_best, max_len_a,
+        max_len_b, batch_tokens) replace the stored settings, as in
+        `Translator.from_checkpoint`. `compute_type` is CTranslate2's ("default": the
+        exported weight type; "int8", "float32", ...). `inter_threads` batches run in
+        parallel with `intra_threads` threads each: on a CPU, one thread per batch and one
+        batch per core is fastest (`../shared/PEERS.md`), hence the defaults."""
+        ctranslate2 = import_ctranslate2()
+        model_dir = Path(model_dir)
+        metadata = read_metadata(model_dir)
+        self.src_tokenizer = Tokenizer.from_file(model_dir / metadata["source_spm"])
+        self.tgt_tokenizer = Tokenizer.from_file(model_dir / metadata["target_spm"])
+        self.decode = decode_settings(metadata["decode"], decode_overrides or {})
+        self.max_input_tokens: int = metadata["max_input_tokens"]
+        self.max_positions: int = metadata["max_positions"]
+        self._eos_piece = self.tgt_tokenizer.id_to_piece(EOS)
+        self._target_ids = {
+            self.tgt_tokenizer.id_to_piece(i): i for i in range(self.tgt_tokenizer.vocab_size)
+        }
+        device_name, index = _device(device, ctranslate2.get_cuda_device_count())
+        if inter_threads is None:
+            inter_threads = _cores() if device_name == "cpu" else 1
+        try:
+            self.engine = ctranslate2.Translator(
+                str(model_dir),
+                device=device_name,
+                device_index=index,
+                compute_type=compute_type,
+                inter_threads=inter_threads,
+                intra_threads=intra_threads,
+            )
+        except ValueError as exc:  # e.g. a compute type this machine does not support
+            raise ConfigError(f"CTranslate2 cannot run {model_dir}: {_first_line(exc)}") from None
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{model_dir}: CTranslate2 cannot load it ({_first_line(exc)}); "
+                "export it again with nmt export"
+            ) from None
+
+    def translate(
+        self,
+        lines: list[str],
+        *,
+        first_line: int = 1,
+        keep_attention: bool = False,
+        prefixes: list[str] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[Translation]:
+        """Translate `lines` (numbered from `first_line` in error messages), in order.
+
+        `on_progress(n)` is called after each batch with the number of sentences it held.
+        `prefixes` must be None: CTranslate2 leaves a forced prefix's probability out of the
+        score, so its choices would differ from ours.
+        """
+        _refuse_prefixes(prefixes)
+        ids = [self.src_tokenizer.encode(normalize(line)) for line in lines]
+        for offset, seq in enumerate(ids):
+            if len(seq) > self.max_input_tokens:
+                raise DataError(
+                    f"input line {first_line + offset} has {len(seq)} tokens, more than the "
+                    f"model's limit of {self.max_input_tokens}; split the line into sentences"
+                )
+        results: list[Translation | None] = [None] * len(lines)
+        for i, seq in enumerate(ids):
+            if not seq:
+                results[i] = Translation("", [("", 0.0)], [], [], None)
+        nonempty = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))
+        if on_progress is not None and len(nonempty) < len(lines):
+            on_progress(len(lines) - len(nonempty))
+        limits = self._limits(ids, nonempty, first_line)
+        # Submit every batch before waiting for any, so the workers run them in parallel.
+        jobs = [
+            (batch, self._submit([ids[i] for i in batch], limits[batch[0]], keep_attention))
+            for batch in self._batches(nonempty, ids, limits)
+        ]
+        for batch, pending in jobs:
+            for i, job in zip(batch, pending, strict=True):
+                results[i] = self._to_translation(ids[i], job.result(), keep_attention)
+            if on_progress is not None:
+                on_progress(len(batch))
+        return results  # type: ignore[return-value]
+
+    def translate_stream(
+        self,
+        chunks: Iterable[list[str]],
+        *,
+        prefixes: Iterator[str] | None = None,
+        keep_attention: bool = False,
+    ) -> Iterator[Translation]:
+        """Translate chunk after chunk, yielding each chunk's results before reading the next.
+        (`prefixes`, as in `Translator.translate_stream`, must be None.)"""
+        _refuse_prefixes(prefixes)
+        line = 1
+        for chunk in chunks:
+            yield from self.translate(chunk, first_line=line, keep_attention=keep_attention)
+            line += len(chunk)
+
+    def _limits(self, ids: list[list[int]], order: list[int], first_line: int) -> dict[int, int]:
+        """Each sentence's step limit a * |X| + b, computed as our beam search does."""
+        if not order:
+            return {}
+        lengths = torch.tensor([len(ids[i]) + 1 for i in order])  # with EOS, as the model sees
+        mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)  # [N, S]
+        limits = max_output_lengths(mask, self.decode.max_len_a, self.decode.max_len_b)
+        limits = dict(zip(order, limits.tolist(), strict=True))
+        longest = max(order, key=limits.__getitem__)
+        if limits[longest] > self.max_positions:
+            raise ConfigError(
+                f"input line {first_line + longest} may produce {limits[longest]} tokens, more "
+                f"than the {self.max_positions} positions the exported model holds; "
+                "lower --max-len-a / --max-len-b"
+            )
+        return limits
+
+    def _batches(
+        self, order: list[int], ids: list[list[int]], limits: dict[int, int]
+    ) -> Iterator[list[int]]:
+        """Cut length-sorted sentences into batches of about `batch_tokens` tokens, each of
+        one length limit (CTranslate2 takes one maximum length per call)."""
+        batch: list[int] = []
+        for i in order:
+            full = (len(ids[i]) + 1) * (len(batch) + 1) > self.decode.batch_tokens
+            if batch and (full or limits[i] != limits[batch[0]]):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    def _submit(self, sources: list[list[int]], limit: int, keep_attention: bool) -> list[Any]:
+        """Start translating one batch; `.result()` of each returned job waits for it."""
+        pieces = [[self.src_tokenizer.id_to_piece(i) for i in seq] for seq in sources]
+        if limit == 1:  # only EOS fits, and CTranslate2 needs room for one step: score it
+            return self.engine.score_batch(pieces, [[] for _ in pieces], asynchronous=True)
+        d = self.decode
+        return self.engine.translate_batch(
+            pieces,
+            asynchronous=True,
+            beam_size=d.beam,
+            num_hypotheses=d.beam,  # every finished hypothesis, for our length penalty
+            length_penalty=_engine_penalty(d.alpha),
+            return_scores=True,
+            return_end_token=True,
+            return_attention=keep_attention,
+            min_decoding_length=0,  # EOS may come first, as in ours
+            max_decoding_length=limit - 1,  # ours spends the last step on EOS
+            max_input_length=0,  # inputs were checked against the model's own limit
+        )
+
+    def _to_translation(self, src_ids: list[int], result: Any, keep_attention: bool) -> Translation:
+        """Rescore CTranslate2's finished hypotheses with the GNMT penalty; keep n_best."""
+        alpha = self.decode.alpha
+        ranked = []
+        for pieces, log_prob, attention in _finished(result, _engine_penalty(alpha)):
+            words = pieces[:-1] if pieces[-1:] == [self._eos_piece] else pieces
+            # Our length counts the EOS step, also where the limit stopped the search.
+            ranked.append((log_prob / length_penalty(len(words) + 1, alpha), pieces, attention))
+        ranked.sort(key=lambda h: -h[0])
+        _, best, attention = ranked[0]
+        if keep_attention and attention is not None:
+            attention = _with_eos_column(attention, len(src_ids))
+        return Translation(
+            text=self._detokenize(best),
+            nbest=[(self._detokenize(p), score) for score, p, _ in ranked[: self.decode.n_best]],
+            src_pieces=[*map(self.src_tokenizer.id_to_piece, src_ids), self._eos_piece],
+            out_pieces=best,  # with EOS, unless the length limit came first (point 2 above)
+            attention=attention if keep_attention else None,
+        )
+
+    def _detokenize(self, pieces: list[str]) -> str:
+        """Pieces -> text; `decode` drops the EOS."""
+        return self.tgt_tokenizer.decode([self._target_ids[p] for p in pieces])
+
+
+def _finished(result: Any, penalty: float) -> list[tuple[list[str], float, list | None]]:
+    """(pieces, log-probability, attention) of each finished hypothesis of one sentence.
+
+    A translation result's scores are log P / |Y|^penalty (|Y| with the EOS we asked it to
+    return); a scoring result holds the log-probability of EOS alone (the `limit == 1` case).
+    """
+    if hasattr(result, "log_probs"):
+        return [(list(result.tokens), sum(result.log_probs), None)]
+    attentions = result.attention or [None] * len(result.hypotheses)
+    return [
+        (pieces, score * len(pieces) ** penalty, attention)
+        for pieces, score, attention in zip(
+            result.hypotheses, result.scores, attentions, strict=True
+        )
+    ]
+
+
+def _with_eos_column(rows: list[list[float]], n_src: int) -> torch.Tensor:
+    """CTranslate2 leaves out the attention on the source EOS it appended (and pads to the
+    batch's longest source): [T, S_max] -> [T, n_src + 1], as our `attention` is. Each row
+    sums to 1 over the real positions, so the EOS weight is what the others leave."""
+    weights = torch.tensor(rows, dtype=torch.float32)[:, :n_src]
+    return torch.cat([weights, (1 - weights.sum(1, keepdim=True)).clamp(min=0)], dim=1)
+
+
+def read_metadata(model_dir: Path) -> dict[str, Any]:
+    """`nmt_cli.json` of an export, checked for format and version."""
+    path = model_dir / METADATA
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise CheckpointError(
+            f"{model_dir} is not a CTranslate2 model written by nmt export (no readable "
+            f"{METADATA}); create one with nmt export CKPT --format ctranslate2 --out DIR"
+        ) from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an nmt export description; export the model again")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{model_dir} has export format version {version}, newer than this nmt_cli reads "
+            f"({FORMAT_VERSION}); upgrade nmt_cli"
+        )
+    return metadata
+
+
+def decode_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> DecodeConfig:
+    """The stored decoding settings with `overrides` applied. A setting CTranslate2 cannot
+    reproduce (any DecodeConfig field beyond DECODE_KEYS) must keep its default."""
+    default = DecodeConfig()
+    try:
+        decode = dataclasses.replace(default, **{**stored, **overrides})
+    except TypeError:  # a setting this nmt_cli does not know
+        raise CheckpointError(
+            f"{METADATA} stores decoding settings this nmt_cli does not know "
+            f"({', '.join(sorted(stored))}); export the model again"
+        ) from None
+    for field in dataclasses.fields(DecodeConfig):
+        value = getattr(decode, field.name)
+        if field.name not in DECODE_KEYS and value != getattr(default, field.name):
+            raise ConfigError(
+                f"decode.{field.name} {value} has no CTranslate2 equivalent; leave it unset, "
+                "or translate with the PyTorch engine"
+            )
+    if not 1 <= decode.n_best <= decode.beam:
+        raise ConfigError(
+            f"--n-best {decode.n_best} needs 1 <= n-best <= beam (beam is {decode.beam}); "
+            "raise --beam"
+        )
+    return decode
+
+
+def _refuse_prefixes(prefixes: object) -> None:
+    if prefixes is not None:
+        raise ConfigError(
+            "target prefixes have no exact CTranslate2 equivalent; "
+            "translate with the PyTorch engine to force a prefix"
+        )
+
+
+def _engine_penalty(alpha: float) -> float:
+    return alpha if alpha != 0 else NEUTRAL_PENALTY
+
+
+def _device(device: str, cuda_devices: int) -> tuple[str, int]:
+    """Our device names (cpu, cuda, cuda:N, auto) as CTranslate2's (device, index)."""
+    name, _, index = device.partition(":")
+    if name not in ("cpu", "cuda", "auto") or (index and not index.isdigit()):
+        raise ConfigError(f"--device {device} is not one of cpu, cuda, cuda:N, auto")
+    if name == "auto":
+        name = "cuda" if cuda_devices else "cpu"
+    return name, int(index or 0)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

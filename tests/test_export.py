@@ -1,0 +1,264 @@
+"""`nmt export --format ctranslate2`: CTranslate2 computes what our Transformer computes.
+
+Random-weight models in every arrangement (pre/post-norm, tied/untied, joint/separate
+vocabularies) give CTranslate2 the same per-word log-probabilities as PyTorch; a model trained
+on the reverse task translates the same through `CTranslate2Translator` as through our
+`Translator`. Exports that cannot be right are refused and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nmt_cli.checkpoint import save_checkpoint, tokenizer_entry
+from nmt_cli.cli import app
+from nmt_cli.config import config_from_dict, config_to_dict
+from nmt_cli.data.batching import collate_sources
+from nmt_cli.data.tokenizer import BOS, EOS, load_tokenizers
+from nmt_cli.errors import CheckpointError, ConfigError, DataError
+from nmt_cli.models import build_model
+
+ctranslate2 = pytest.importorskip("ctranslate2")
+
+from nmt_cli.ct2_translate import CTranslate2Translator  # noqa: E402
+from nmt_cli.export import export_ctranslate2  # noqa: E402
+from nmt_cli.translate import Translator  # noqa: E402
+
+TRANSFORMER = {"type": "transformer", "d_model": 32, "heads": 4, "ff_dim": 64, "enc_layers": 2,
+               "dec_layers": 2, "norm": "pre", "dropout": 0.0, "max_len": 40}  # fmt: skip
+
+
+def nmt(*args: str | Path):
+    """Run the CLI in-process; an exception escaping the command would be a bug."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"unhandled {result.exception!r}"
+    )
+    return result
+
+
+def random_checkpoint(
+    path: Path, data_dir: Path, model: dict, joint: bool = True
+) -> torch.nn.Module:
+    """A checkpoint of random weights; norms and biases moved off their initial 1 and 0 so
+    that a misplaced one shows."""
+    tok, _ = load_tokenizers(data_dir)
+    cfg = config_from_dict({"model": model})
+    torch.manual_seed(0)
+    net = build_model(cfg.model, tok.vocab_size, tok.vocab_size, shared_vocab=joint).eval()
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if "norm" in name or "bias" in name:
+                param.add_(0.3 * torch.randn_like(param))
+    entry = tokenizer_entry(tok.model_bytes, tok.model_bytes, joint=joint)
+    save_checkpoint(path, config=config_to_dict(cfg), model_state=net.state_dict(),
+                    tokenizer=entry, step=1, metrics={})  # fmt: skip
+    return net
+
+
+@pytest.fixture(scope="module")
+def trained_transformer(make_recipe, reverse_data: Path, tmp_path_factory) -> Path:
+    """best.pt of a small Transformer that solves most of the reverse task (~30 s)."""
+    from nmt_cli.train import train
+
+    raw = make_recipe(train={"max_steps": 1000, "valid_every": 1000, "warmup_steps": 50})
+    raw["model"] = dict(TRANSFORMER)
+    run = tmp_path_factory.mktemp("ct2-run") / "run"
+    train(config_from_dict(raw), reverse_data, run, device="cpu", show_progress=False)
+    return run / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def exported(trained_transformer: Path, run_nmt, tmp_path_factory) -> Path:
+    """The trained model exported through the real `nmt export` command."""
+    out = tmp_path_factory.mktemp("ct2-export") / "model"
+    done = run_nmt(["export", str(trained_transformer), "--format", "ctranslate2",
+                    "--out", str(out)])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "CTranslate2 model" in done.stderr and done.stdout == ""
+    return out
+
+
+# --- the exported weights compute what ours compute ------------------------------------------
+
+
+@pytest.mark.parametrize(("norm", "tie", "joint"),
+                         [("post", True, True), ("pre", True, True), ("post", False, False),
+                          ("pre", True, False)])  # fmt: skip
+@torch.no_grad()
+def test_word_log_probs_equal_ours(norm: str, tie: bool, joint: bool, reverse_data: Path,
+                                   tmp_path: Path) -> None:  # fmt: skip
+    """Teacher-forced log P(y_t | y_<t, x) of every target word and the EOS, on sources and
+    targets up to 60 positions (deep into the exported position table)."""
+    model = {**TRANSFORMER, "norm": norm, "tie_embeddings": tie}
+    net = random_checkpoint(tmp_path / "m.pt", reverse_data, model, joint)
+    export_ctranslate2(tmp_path / "m.pt", tmp_path / "ct2")
+    engine = ctranslate2.Translator(str(tmp_path / "ct2"), intra_threads=1)
+    tok, _ = load_tokenizers(reverse_data)
+    rng = random.Random(1)
+    pairs = [([rng.randrange(4, tok.vocab_size) for _ in range(rng.randint(1, 40))],
+              [rng.randrange(4, tok.vocab_size) for _ in range(rng.randint(0, 60))])
+             for _ in range(6)]  # fmt: skip
+    pieces = lambda ids: [tok.id_to_piece(i) for i in ids]  # noqa: E731
+    scored = engine.score_batch([pieces(s) for s, _ in pairs], [pieces(t) for _, t in pairs])
+    for (src_ids, tgt_ids), result in zip(pairs, scored, strict=True):
+        src, src_mask = collate_sources([src_ids], torch.device("cpu"))  # src + EOS
+        log_probs = torch.log_softmax(net(src, src_mask, torch.tensor([[BOS, *tgt_ids]])), -1)
+        ours = log_probs[0].gather(1, torch.tensor([*tgt_ids, EOS]).unsqueeze(1)).squeeze(1)
+        assert result.tokens[-1] == "</s>"
+        torch.testing.assert_close(torch.tensor(result.log_probs), ours, atol=2e-5, rtol=0)
+
+
+def test_greedy_words_equal_ours_on_random_weights(reverse_data: Path, tmp_path: Path) -> None:
+    """Untrained models run into the length limit: the words still agree."""
+    random_checkpoint(tmp_path / "m.pt", reverse_data, {**TRANSFORMER, "norm": "post"})
+    export_ctranslate2(tmp_path / "m.pt", tmp_path / "ct2")
+    lines = [" ".join(random.Random(i).choices("0123456789", k=i % 9 + 1)) for i in range(20)]
+    settings = {"beam": 1, "alpha": 0.0}
+    ours = Translator.from_checkpoint(tmp_path / "m.pt", torch.device("cpu"), settings)
+    ct2 = CTranslate2Translator(tmp_path / "ct2", settings)
+    assert [t.text for t in ct2.translate(lines)] == [t.text for t in ours.translate(lines)]
+
+
+# --- the trained model translates alike ------------------------------------------------------
+
+
+def test_export_directory_is_self_contained(exported: Path) -> None:
+    names = {p.name for p in exported.iterdir()}
+    assert {"model.bin", "config.json", "nmt_cli.json", "source.spm", "target.spm"} <= names
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("settings", [{"beam": 1, "alpha": 0.0}, {"beam": 3, "alpha": 0.0},
+                                      {"beam": 4, "alpha": 0.6}])  # fmt: skip
+def test_translations_equal_ours(settings: dict, trained_transformer: Path, exported: Path,
+                                 corpus) -> None:  # fmt: skip
+    """Same best translation and score (GNMT length penalty included) as our beam search;
+    with alpha 0 the whole n-best list agrees (see ct2_translate's docstring for why only
+    then)."""
+    n_best = settings["beam"] if settings["alpha"] == 0 else 1
+    settings = {**settings, "n_best": n_best}
+    lines = [src for src, _ in corpus.test] + ["", "  3\t1\u00a04 ", "1 2 3 4 5 6 7 8 9"]
+    ours = Translator.from_checkpoint(trained_transformer, torch.device("cpu"), settings)
+    ct2 = CTranslate2Translator(exported, settings, inter_threads=2)
+    progress: list[int] = []
+    expected, got = ours.translate(lines), ct2.translate(lines, on_progress=progress.append)
+    assert sum(progress) == len(lines)
+    assert [t.text for t in got] == [t.text for t in expected]
+    for mine, theirs in zip(got, expected, strict=True):
+        assert [text for text, _ in mine.nbest] == [text for text, _ in theirs.nbest]
+        for (_, a), (_, b) in zip(mine.nbest, theirs.nbest, strict=True):
+            assert a == pytest.approx(b, abs=1e-4)
+    solved = sum(t.text == ref for t, (_, ref) in zip(got, corpus.test, strict=False))
+    assert solved >= 0.85 * len(corpus.test)
+
+
+def test_attention_equals_ours(trained_transformer: Path, exported: Path, corpus) -> None:
+    settings = {"beam": 1, "alpha": 0.0}
+    lines = [src for src, _ in corpus.test[:10]]
+    ours = Translator.from_checkpoint(trained_transformer, torch.device("cpu"), settings)
+    ct2 = CTranslate2Translator(exported, settings)
+    for mine, theirs in zip(ct2.translate(lines, keep_attention=True),
+                            ours.translate(lines, keep_attention=True), strict=True):  # fmt: skip
+        assert mine.src_pieces == theirs.src_pieces and mine.out_pieces == theirs.out_pieces
+        assert mine.attention.shape == (len(mine.out_pieces), len(mine.src_pieces))
+        torch.testing.assert_close(mine.attention, theirs.attention, atol=1e-4, rtol=0)
+
+
+def test_a_limit_of_one_step_gives_empty_lines(trained_transformer: Path, exported: Path,
+                                               corpus) -> None:  # fmt: skip
+    """With a * |X| + b = 1 only EOS fits; CTranslate2 cannot decode 0 steps, so the EOS is
+    scored instead, with our length penalty."""
+    settings = {"beam": 2, "alpha": 0.6, "max_len_a": 0.0, "max_len_b": 1}
+    lines = [src for src, _ in corpus.test[:5]]
+    ours = Translator.from_checkpoint(trained_transformer, torch.device("cpu"), settings)
+    got = CTranslate2Translator(exported, settings).translate(lines)
+    assert [t.text for t in got] == [""] * 5
+    for mine, theirs in zip(got, ours.translate(lines), strict=True):
+        assert mine.nbest[0][1] == pytest.approx(theirs.nbest[0][1], abs=1e-4)
+
+
+def test_int8_export_translates(trained_transformer: Path, exported: Path, corpus,
+                                tmp_path: Path) -> None:  # fmt: skip
+    result = export_ctranslate2(trained_transformer, tmp_path / "int8", quantization="int8")
+    assert result.size_bytes < (exported / "model.bin").stat().st_size
+    lines = [src for src, _ in corpus.test]
+    got = CTranslate2Translator(tmp_path / "int8", {"beam": 2}).translate(lines)
+    assert len(got) == len(lines) and all(t.text for t in got)
+
+
+def test_translator_input_errors(exported: Path) -> None:
+    ct2 = CTranslate2Translator(exported, {"beam": 2})
+    with pytest.raises(DataError, match="input line 2 has 60 tokens, more than the model's limit"):
+        ct2.translate(["1 2", " ".join("1" * 60)])
+    with pytest.raises(ConfigError, match="more than the 1024 positions"):
+        CTranslate2Translator(exported, {"max_len_a": 200.0}).translate(["1 2 3 4 5 6 7 8 9 0"])
+    with pytest.raises(ConfigError, match="n-best 3 needs 1 <= n-best <= beam"):
+        CTranslate2Translator(exported, {"beam": 2, "n_best": 3})
+    with pytest.raises(CheckpointError, match="not a CTranslate2 model written by nmt export"):
+        CTranslate2Translator(exported.parent)
+    with pytest.raises(ConfigError, match="target prefixes have no exact CTranslate2"):
+        ct2.translate(["1 2"], prefixes=["2"])
+
+
+def test_stream_translates_chunk_by_chunk(exported: Path) -> None:
+    ct2 = CTranslate2Translator(exported, {"beam": 2})
+    chunks = [["1 2 3"], ["", "4 5"]]
+    streamed = [t.text for t in ct2.translate_stream(chunks)]
+    assert streamed == [t.text for t in ct2.translate(["1 2 3", "", "4 5"])]
+    with pytest.raises(DataError, match="input line 3 has 60 tokens"):
+        list(ct2.translate_stream([["1"], ["2", " ".join("1" * 60)]]))
+
+
+# --- what is refused, and what a failure leaves ----------------------------------------------
+
+
+def test_rnn_checkpoint_is_refused(reverse_data: Path, tmp_path: Path, run_nmt) -> None:
+    rnn = {"type": "rnn", "emb_dim": 16, "hidden_dim": 16, "max_len": 40}
+    random_checkpoint(tmp_path / "rnn.pt", reverse_data, rnn)
+    out = tmp_path / "out"
+    done = run_nmt(["export", str(tmp_path / "rnn.pt"), "--format", "ctranslate2",
+                    "--out", str(out)])  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "model.type rnn" in lines[0] and "Transformer checkpoints only" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rnn.pt"]
+
+
+def test_failed_export_keeps_the_earlier_one(trained_transformer: Path, tmp_path: Path,
+                                             monkeypatch) -> None:  # fmt: skip
+    out = tmp_path / "model"
+    export_ctranslate2(trained_transformer, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(self, directory: str) -> None:
+        (Path(directory) / "model.bin").write_bytes(b"half a model")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ctranslate2.specs.TransformerSpec, "save", disk_full)
+    r = nmt("export", trained_transformer, "--out", out, "--quantize", "int8")
+    assert r.exit_code == 1 and r.stderr.startswith("error: cannot write")
+    assert "No space left on device" in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_refusals_leave_the_destination_alone(trained_transformer: Path, tmp_path: Path) -> None:
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("...", encoding="utf-8")
+    r = nmt("export", trained_transformer, "--out", precious)
+    assert r.exit_code == 1 and "refusing to replace it" in r.stderr
+    assert [p.name for p in precious.iterdir()] == ["chapter1.tex"]
+
+    r = nmt("export", trained_transformer, "--out", tmp_path / "m", "--quantize", "int4")
+    assert r.exit_code == 1 and "--quantize int4 is not a CTranslate2 weight type" in r.stderr
+    r = nmt("export", trained_transformer, "--out", tmp_path / "m", "--format", "onnx")
+    assert r.exit_code == 1 and "--format onnx is unknown" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]
