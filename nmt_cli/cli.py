@@ -172,7 +172,11 @@ def _decode_overrides(**values) -> dict:
 @app.command()
 def translate(
     checkpoints: Annotated[
-        list[Path], typer.Argument(help="Checkpoint(s) from nmt train; several = an ensemble.")
+        list[Path],
+        typer.Argument(
+            help="Checkpoint(s) from nmt train (several: an ensemble), or with "
+            "--engine ctranslate2 a directory from nmt export."
+        ),
     ],
     input_: Annotated[
         Path | None, typer.Option("--input", "-i", help="Input file (default stdin).")
@@ -219,12 +223,13 @@ def translate(
     ] = "fp32",
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    engine: Annotated[
+        str, typer.Option(help="torch, or ctranslate2 for a directory from nmt export.")
+    ] = "torch",
 ) -> None:
     """Translate lines from stdin (or --input) to stdout (or --output), one line per line."""
     from nmt_cli.errors import DataError
-    from nmt_cli.runtime import resolve_device, set_threads
     from nmt_cli.streams import atomic_output, read_line_chunks
-    from nmt_cli.translate import Translator
 
     overrides = _decode_overrides(
         beam=beam, alpha=alpha, coverage=coverage, n_best=n_best, max_len_a=max_len_a,
@@ -232,11 +237,9 @@ def translate(
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
     )  # fmt: skip
     with user_errors(), contextlib.ExitStack() as stack:
-        if threads is not None:
-            set_threads(threads)
-        translator = Translator.from_checkpoint(
-            checkpoints, resolve_device(device), overrides, precision=dtype,
-            quantize=quantize, replace_unk=replace_unk,
+        translator = _make_translator(
+            engine, checkpoints, overrides, device=device, dtype=dtype, quantize=quantize,
+            threads=threads, replace_unk=replace_unk,
         )  # fmt: skip
         if input_ is None:
             fd, name = sys.stdin.fileno(), "stdin"
@@ -261,6 +264,38 @@ def translate(
                 sink.flush()
         if prefixes is not None and next(prefixes, None) is not None:
             raise DataError(f"{prefix} has more lines than the input; give one prefix per line")
+
+
+def _make_translator(
+    engine: str, models: list[Path], overrides: dict, *, device: str, dtype: str,
+    quantize: str | None, threads: int | None, replace_unk: bool,
+):  # fmt: skip
+    """Our PyTorch decoder, or CTranslate2 on a directory that `nmt export` wrote."""
+    from nmt_cli.errors import ConfigError
+
+    if engine == "torch":
+        from nmt_cli.runtime import resolve_device, set_threads
+        from nmt_cli.translate import Translator
+
+        if threads is not None:
+            set_threads(threads)
+        return Translator.from_checkpoint(
+            models, resolve_device(device), overrides, precision=dtype, quantize=quantize,
+            replace_unk=replace_unk,
+        )  # fmt: skip
+    if engine != "ctranslate2":
+        raise ConfigError(f"--engine {engine}: choose torch or ctranslate2")
+    if len(models) != 1 or replace_unk or dtype != "fp32":
+        raise ConfigError(
+            "--engine ctranslate2 takes one exported directory and no --replace-unk or --dtype; "
+            "drop those options, or use --engine torch on the checkpoint"
+        )
+    from nmt_cli.ct2_translate import CTranslate2Translator
+
+    return CTranslate2Translator(
+        models[0], overrides, device=device, compute_type=quantize or "default",
+        inter_threads=threads,
+    )  # fmt: skip
 
 
 def _format_translation(index: int, result, n_best: bool, alignment: bool) -> str:

@@ -262,3 +262,20 @@ def test_refusals_leave_the_destination_alone(trained_transformer: Path, tmp_pat
     r = nmt("export", trained_transformer, "--out", tmp_path / "m", "--format", "onnx")
     assert r.exit_code == 1 and "--format onnx is unknown" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]
+
+
+def test_cli_engine_ctranslate2_equals_the_torch_engine(
+    trained_transformer: Path, exported: Path, corpus, run_nmt, tmp_path: Path
+) -> None:
+    src = tmp_path / "test.src"
+    src.write_text("".join(s + "\n" for s, _ in corpus.test), encoding="utf-8")
+    common = ["-i", str(src), "--beam", "3", "--device", "cpu"]
+    ours = run_nmt(["translate", str(trained_transformer), *common])
+    theirs = run_nmt(["translate", str(exported), "--engine", "ctranslate2", "--threads", "2",
+                      "--print-alignment", *common])  # fmt: skip
+    assert ours.returncode == theirs.returncode == 0, theirs.stderr
+    assert [row.split("\t")[0] for row in theirs.stdout.splitlines()] == ours.stdout.splitlines()
+    refused = run_nmt(["translate", str(exported), "--engine", "ctranslate2", "--replace-unk",
+                       *common])  # fmt: skip
+    assert refused.returncode == 1 and "--engine torch" in refused.stderr
+    assert "Traceback" not in refused.stderr
