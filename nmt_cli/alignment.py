@@ -5,7 +5,8 @@ looked while producing it (Bahdanau et al. 2015 show them as alignments). A hard
 links each output subword to the source subword it attended to most; subwords are grouped
 into words by SentencePiece's word-start marker, so the pairs index the words a user sees:
 `i-j` means source word i (in the input line) and output word j (in the translation), both
-counted from 0 (the Moses / fast_align convention). End-of-sentence markers are left out.
+counted from 0 (the Moses / fast_align convention). End-of-sentence markers are left out, and
+so is an output subword that attends most to the source's end-of-sentence marker.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ def word_of_each_piece(pieces: list[str]) -> list[int]:
     return words
 
 
-def strongest_sources(attention: torch.Tensor, n_src: int) -> list[int]:
-    """attention [T_out, S] -> for each output row, the most attended of the first n_src
-    source pieces (the source EOS excluded)."""
-    return attention[:, :n_src].argmax(dim=1).tolist()
+def strongest_sources(attention: torch.Tensor, n_src: int) -> list[int | None]:
+    """attention [T_out, S] -> for each output row, the most attended source piece, or None
+    where that is the source EOS or beyond (n_src real pieces): such a row, often a
+    function word or punctuation read from the sentence summary, aligns to no word."""
+    best = attention.argmax(dim=1).tolist()
+    return [i if i < n_src else None for i in best]
 
 
 def hard_alignment(attention: torch.Tensor, src_pieces: list[str], out_pieces: list[str]) -> str:
@@ -37,7 +40,7 @@ def hard_alignment(attention: torch.Tensor, src_pieces: list[str], out_pieces: l
         return ""
     src_word, out_word = word_of_each_piece(src_pieces), word_of_each_piece(out_pieces)
     best = strongest_sources(attention[: len(out_pieces)], len(src_pieces))
-    pairs = sorted({(src_word[i], out_word[j]) for j, i in enumerate(best)})
+    pairs = sorted({(src_word[i], out_word[j]) for j, i in enumerate(best) if i is not None})
     return " ".join(f"{i}-{j}" for i, j in pairs)
 
 
@@ -56,6 +59,7 @@ def replace_unknowns(
     best = strongest_sources(attention[: len(out_pieces)], len(src_pieces))
     replaced = list(out_pieces)
     for j, piece in enumerate(out_pieces):
-        if piece == unk_piece and src_word[best[j]] < len(src_words):
-            replaced[j] = WORD_START + src_words[src_word[best[j]]]
+        i = best[j]
+        if piece == unk_piece and i is not None and src_word[i] < len(src_words):
+            replaced[j] = WORD_START + src_words[src_word[i]]
     return replaced
