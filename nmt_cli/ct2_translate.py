@@ -36,14 +36,14 @@ from typing import Any
 
 import torch
 
-from nmt_cli.config import DecodeConfig
+from nmt_cli.config import DecodeConfig, validate_decode
 from nmt_cli.data.corpus import normalize
 from nmt_cli.data.tokenizer import EOS, Tokenizer
 from nmt_cli.decode import max_output_lengths
 from nmt_cli.decode.beam import length_penalty
-from nmt_cli.errors import CheckpointError, ConfigError, DataError
+from nmt_cli.errors import CheckpointError, ConfigError
 from nmt_cli.export import DECODE_KEYS, FORMAT, FORMAT_VERSION, METADATA, import_ctranslate2
-from nmt_cli.translate import Translation
+from nmt_cli.translate import Translation, encode_sources
 
 # CTranslate2's length penalty when alpha is 0 (see the module docstring, point 1): small
 # enough that its pre-selection ranks like raw log-probabilities, as ours does.
@@ -115,13 +115,8 @@ class CTranslate2Translator:
         score, so its choices would differ from ours.
         """
         _refuse_prefixes(prefixes)
-        ids = [self.src_tokenizer.encode(normalize(line)) for line in lines]
-        for offset, seq in enumerate(ids):
-            if len(seq) > self.max_input_tokens:
-                raise DataError(
-                    f"input line {first_line + offset} has {len(seq)} tokens, more than the "
-                    f"model's limit of {self.max_input_tokens}; split the line into sentences"
-                )
+        lines = [normalize(line) for line in lines]
+        ids = encode_sources(self.src_tokenizer, lines, first_line, self.max_input_tokens)
         results: list[Translation | None] = [None] * len(lines)
         for i, seq in enumerate(ids):
             if not seq:
@@ -298,11 +293,7 @@ def decode_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> Decode
                 f"decode.{field.name} {value} has no CTranslate2 equivalent; leave it unset, "
                 "or translate with the PyTorch engine"
             )
-    if not 1 <= decode.n_best <= decode.beam:
-        raise ConfigError(
-            f"--n-best {decode.n_best} needs 1 <= n-best <= beam (beam is {decode.beam}); "
-            "raise --beam"
-        )
+    validate_decode(decode)
     return decode
 
 

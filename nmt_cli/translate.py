@@ -153,13 +153,7 @@ class Translator:
         `on_progress(n)` is called after each batch with the number of sentences it held.
         """
         lines = [normalize(line) for line in lines]
-        ids = [self.src_tokenizer.encode(line) for line in lines]
-        for offset, seq in enumerate(ids):
-            if len(seq) > self.max_input_tokens:
-                raise DataError(
-                    f"input line {first_line + offset} has {len(seq)} tokens, more than the "
-                    f"model's limit of {self.max_input_tokens}; split the line into sentences"
-                )
+        ids = encode_sources(self.src_tokenizer, lines, first_line, self.max_input_tokens)
         forced = [self.tgt_tokenizer.encode(normalize(p)) for p in prefixes] if prefixes else None
         results: list[Translation | None] = [None] * len(lines)
         nonempty = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))
@@ -256,6 +250,20 @@ class Translator:
             out_pieces=out_pieces,
             attention=best.attention,
         )
+
+
+def encode_sources(
+    tokenizer: Tokenizer, lines: list[str], first_line: int, max_tokens: int
+) -> list[list[int]]:
+    """Subword ids of normalised lines; a line over the model's input limit is an error."""
+    ids = [tokenizer.encode(line) for line in lines]
+    for offset, seq in enumerate(ids):
+        if len(seq) > max_tokens:
+            raise DataError(
+                f"input line {first_line + offset} has {len(seq)} tokens, more than the "
+                f"model's limit of {max_tokens}; split the line into sentences"
+            )
+    return ids
 
 
 def _load_model(
