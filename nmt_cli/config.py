@@ -118,6 +118,32 @@ class TransformerModelConfig:
     max_len: int = 256
 
 
+@dataclass(frozen=True)
+class NTMModelConfig:
+    """The Neural Turing Machine as a seq2seq (Graves et al. 2014).
+
+    An LSTM (or feed-forward) controller reads the source, writing to an N x M memory
+    (`memory_slots` x `memory_width`), then a delimiter, then emits the target reading from
+    memory. Heads shift their focus by at most `max_shift` slots per step. Controller outputs
+    are clipped to [-clip, clip] (Collier & Beel 2018 found this decisive for stability).
+    """
+
+    type: str = "ntm"
+    preset: str | None = None
+    emb_dim: int = 64
+    controller: str = "lstm"  # lstm | feedforward
+    controller_dim: int = 100
+    memory_slots: int = 128
+    memory_width: int = 20
+    read_heads: int = 1
+    write_heads: int = 1
+    max_shift: int = 1
+    clip: float = 20.0
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    max_len: int = 256
+
+
 # Named model sizes per family; a recipe's own keys override the preset's.
 MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "rnn": {
@@ -152,11 +178,16 @@ MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "dropout": 0.3,
         },  # fmt: skip
     },
+    "ntm": {},
 }
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-MODEL_CONFIGS: dict[str, type] = {"rnn": RNNModelConfig, "transformer": TransformerModelConfig}
+MODEL_CONFIGS: dict[str, type] = {
+    "rnn": RNNModelConfig,
+    "transformer": TransformerModelConfig,
+    "ntm": NTMModelConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -294,6 +325,12 @@ def validate(cfg: Config) -> None:
         choices["model.norm"] = (cfg.model.norm, ("post", "pre"))
         if cfg.model.d_model % cfg.model.heads:
             raise ConfigError("model.d_model must be a multiple of model.heads")
+    if isinstance(cfg.model, NTMModelConfig):
+        choices["model.controller"] = (cfg.model.controller, ("lstm", "feedforward"))
+        if min(cfg.model.read_heads, cfg.model.write_heads, cfg.model.memory_slots) < 1:
+            raise ConfigError("model.read_heads, write_heads and memory_slots must be >= 1")
+        if not 0 <= cfg.model.max_shift < cfg.model.memory_slots // 2:
+            raise ConfigError("model.max_shift must be >= 0 and below memory_slots / 2")
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
