@@ -23,11 +23,14 @@ from nmt_cli.errors import ConfigError
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """One corpus: parallel files, a two-column TSV, or a Hugging Face dataset.
+    """One corpus: parallel files, a two-column TSV, a Hugging Face dataset, or a generated task.
 
-    Exactly one of `src`+`tgt`, `tsv` or `hf` is set. `hf` is a hub name (with `hf_config`
-    and `hf_split`) or a local parquet file, arrow file or `save_to_disk` directory. Rows carry
-    the WMT `translation` dict unless `src_column` and `tgt_column` name two text columns.
+    Exactly one of `src`+`tgt`, `tsv`, `hf` or `task` is set. `hf` is a hub name (with
+    `hf_config` and `hf_split`) or a local parquet file, arrow file or `save_to_disk` directory.
+    Rows carry the WMT `translation` dict unless `src_column` and `tgt_column` name two text
+    columns. `task` generates `size` pairs of an NTM algorithmic task from `seed` (see
+    `nmt_cli.data.algorithmic`): sequence lengths are drawn from `lengths`, repeat counts from
+    `repeats` and associative-recall item counts from `items` (inclusive [lo, hi] ranges).
     """
 
     src: str | None = None
@@ -38,6 +41,12 @@ class SourceConfig:
     hf_split: str = "train"
     src_column: str | None = None
     tgt_column: str | None = None
+    task: str | None = None  # copy | repeat_copy | associative_recall
+    size: int = 0
+    seed: int = 1
+    lengths: tuple[int, int] = (1, 20)
+    repeats: tuple[int, int] = (1, 10)
+    items: tuple[int, int] = (2, 6)
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,7 @@ class DataConfig:
 class TokenizerConfig:
     """SentencePiece training options; `sample_size` bounds the sentences it trains on."""
 
-    model_type: str = "unigram"  # unigram | bpe | char
+    model_type: str = "unigram"  # unigram | bpe | char | word (whitespace-separated words)
     vocab_size: int = 8000
     joint: bool = True
     sample_size: int = 1_000_000
@@ -307,7 +316,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 def validate(cfg: Config) -> None:
     """Check value ranges and choices that the types alone cannot express."""
     choices = {
-        "tokenizer.model_type": (cfg.tokenizer.model_type, ("unigram", "bpe", "char")),
+        "tokenizer.model_type": (cfg.tokenizer.model_type, ("unigram", "bpe", "char", "word")),
         "train.decay": (cfg.train.decay, ("inverse_sqrt", "linear", "constant")),
         "train.precision": (cfg.train.precision, PRECISIONS),
     }

@@ -2,7 +2,8 @@
 
 Every reader is a generator over one line (or row) at a time, so a 4.5M-pair WMT corpus costs
 the same memory as a 30k-pair one. Sources are local parallel files (plain or gzipped, or WMT
-SGML test sets), a two-column TSV, or a Hugging Face dataset (see `nmt_cli.data.hf`).
+SGML test sets), a two-column TSV, a Hugging Face dataset (see `nmt_cli.data.hf`), or an NTM
+algorithmic task generated from a seed (see `nmt_cli.data.algorithmic`).
 
 Cleaning follows the Moses `clean-corpus-n` habits: empty, over-long and badly length-mismatched
 pairs are dropped from training data only. Valid and test sets are normalised but never
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nmt_cli.config import CleanConfig, SourceConfig
+from nmt_cli.data.algorithmic import TASKS, iter_generate
 from nmt_cli.errors import ConfigError, DataError
 
 Pair = tuple[str, str]
@@ -46,15 +48,18 @@ def check_source(source: SourceConfig) -> str:
             ("parallel", source.src is not None or source.tgt is not None),
             ("tsv", source.tsv is not None),
             ("hf", source.hf is not None),
+            ("task", source.task is not None),
         )
         if given
     ]
     if len(kinds) != 1:
         found = ", ".join(kinds) if kinds else "none"
         raise ConfigError(
-            f"a data source needs exactly one of src+tgt, tsv or hf (found: {found}); "
+            f"a data source needs exactly one of src+tgt, tsv, hf or task (found: {found}); "
             "split it into separate list entries"
         )
+    if kinds[0] == "task":
+        _check_task(source)
     if kinds[0] == "parallel" and (source.src is None or source.tgt is None):
         given = "src" if source.src is not None else "tgt"
         raise ConfigError(f"a data source sets {given} only; parallel files need both src and tgt")
@@ -65,6 +70,27 @@ def check_source(source: SourceConfig) -> str:
     return kinds[0]
 
 
+def _check_task(source: SourceConfig) -> None:
+    """A generated source: a known task, a positive size and [lo, hi] ranges with lo <= hi."""
+    if source.task not in TASKS:
+        raise ConfigError(
+            f"data source task {source.task!r} is unknown; use one of {', '.join(TASKS)}"
+        )
+    if source.size < 1:
+        raise ConfigError(
+            f"data source task {source.task}: size is {source.size}; set size to the number "
+            "of pairs to generate (>= 1)"
+        )
+    lowest = {"lengths": 1, "repeats": 1, "items": 2}  # recall needs a query and an answer
+    for name, low in lowest.items():
+        lo, hi = getattr(source, name)
+        if not low <= lo <= hi:
+            raise ConfigError(
+                f"data source task {source.task}: {name} [{lo}, {hi}] is not a range; "
+                f"give [lo, hi] with {low} <= lo <= hi"
+            )
+
+
 def iter_pairs(source: SourceConfig, src_lang: str, tgt_lang: str) -> Iterator[Pair]:
     """Stream the raw (un-normalised) pairs of one source."""
     kind = check_source(source)
@@ -72,6 +98,10 @@ def iter_pairs(source: SourceConfig, src_lang: str, tgt_lang: str) -> Iterator[P
         return _parallel(Path(source.src), Path(source.tgt))
     if kind == "tsv":
         return _tsv(Path(source.tsv))
+    if kind == "task":
+        return iter_generate(
+            source.task, source.size, source.seed, source.lengths, source.repeats, source.items
+        )
     from nmt_cli.data.hf import hf_pairs  # `datasets` is slow to import; only load it when used
 
     return hf_pairs(source, src_lang, tgt_lang)
