@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from nmt_cli.config import SourceConfig, config_from_dict
+from nmt_cli.config import SourceConfig, config_from_dict, load_config
 from nmt_cli.data.algorithmic import TASKS, bit_errors, generate
-from nmt_cli.data.corpus import check_source, iter_pairs
+from nmt_cli.data.corpus import CleanStats, check_source, clean_pairs, iter_pairs
 from nmt_cli.data.tokenizer import Tokenizer
 from nmt_cli.errors import ConfigError
 
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 HEX = re.compile(r"[0-9a-f]{2}")
 SYMBOLS = [f"{v:02x}" for v in range(256)]
 MARKERS = ["|", "?", *(f"x{n}" for n in range(1, 11))]
@@ -136,6 +137,23 @@ def test_recipe_ranges_and_word_tokenizer_parse() -> None:
     assert cfg.data.train[0].lengths == (4, 9) and cfg.tokenizer.model_type == "word"
     with pytest.raises(ConfigError, match="lengths needs 2 values"):
         config_from_dict({"data": {"train": [{"task": "copy", "size": 3, "lengths": [4]}]}})
+
+
+@pytest.mark.parametrize(
+    "name", ["ntm-copy", "ntm-repeat-copy", "ntm-associative-recall"], ids=lambda n: n
+)
+def test_ntm_recipes_clean_no_training_pair_away(name: str) -> None:
+    """Repeat copy targets are up to 10x their source, recall sources 9x their target."""
+    cfg = load_config(RECIPES / f"{name}.yaml")
+    assert cfg.tokenizer.model_type == "word" and cfg.model.type == "ntm"
+    for source in cfg.data.train:
+        extreme = SourceConfig(
+            task=source.task, size=50, lengths=(source.lengths[1],) * 2,
+            repeats=(source.repeats[1],) * 2, items=(source.items[1],) * 2,
+        )  # fmt: skip
+        stats = CleanStats()
+        list(clean_pairs(iter_pairs(extreme, "src", "tgt"), cfg.data.clean, stats))
+        assert stats.kept == 50
 
 
 # --- nmt preprocess -------------------------------------------------------------------------
