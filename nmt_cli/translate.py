@@ -236,6 +236,11 @@ class Translator:
         src_pieces = [*map(self.src_tokenizer.id_to_piece, src_ids), "</s>"]
         out_pieces = [*map(self.tgt_tokenizer.id_to_piece, best.tokens), "</s>"]
         if self.replace_unk:
+            if best.attention is None:
+                raise ConfigError(
+                    "--replace-unk copies the source word with the most attention, and this "
+                    "model has no attention over the source; drop --replace-unk"
+                )
             unk = self.tgt_tokenizer.id_to_piece(UNK)
             pieces = replace_unknowns(
                 out_pieces[:-1], best.attention, src_pieces[:-1], line.split(), unk

@@ -25,6 +25,7 @@ import dataclasses
 import torch
 
 from nmt_cli.decode import Hypothesis, max_output_lengths
+from nmt_cli.errors import ConfigError
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -141,6 +142,13 @@ def beam_search(
         log_probs, state, attention = model.step(prev, state)  # [N*K, V]
         log_probs = log_probs.float()
         N, V = run.scores.size(0), log_probs.size(1)
+        if attention is None:  # a model without source attention (the NTM): nothing to keep
+            if run.coverage is not None:
+                raise ConfigError(
+                    "the coverage penalty needs attention over the source, which this model "
+                    "does not have; drop --coverage"
+                )
+            run.attention = None
         if run.coverage is not None:
             run.coverage = run.coverage + attention.float()
         if run.attention is not None:

@@ -15,10 +15,11 @@ from typing import Any
 
 from torch import nn
 
+from nmt_cli.models.ntm import build_ntm
 from nmt_cli.models.rnn import build_rnn
 from nmt_cli.models.transformer import build_transformer
 
-BUILDERS = {"rnn": build_rnn, "transformer": build_transformer}
+BUILDERS = {"rnn": build_rnn, "transformer": build_transformer, "ntm": build_ntm}
 
 
 def build_model(model_cfg: Any, src_vocab: int, tgt_vocab: int, shared_vocab: bool) -> nn.Module:
