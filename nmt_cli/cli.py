@@ -212,6 +212,10 @@ def translate(
     attention_plot: Annotated[
         Path | None, typer.Option("--attention-plot", help="Write one heatmap PNG per line here.")
     ] = None,
+    memory_plot: Annotated[
+        Path | None,
+        typer.Option("--memory-plot", help="NTM: write each line's memory weightings here."),
+    ] = None,
     replace_unk: Annotated[
         bool, typer.Option("--replace-unk", help="Copy the attended source word for <unk>.")
     ] = False,
@@ -228,7 +232,7 @@ def translate(
     ] = "torch",
 ) -> None:
     """Translate lines from stdin (or --input) to stdout (or --output), one line per line."""
-    from nmt_cli.errors import DataError
+    from nmt_cli.errors import ConfigError, DataError
     from nmt_cli.streams import atomic_output, read_line_chunks
 
     overrides = _decode_overrides(
@@ -241,6 +245,8 @@ def translate(
             engine, checkpoints, overrides, device=device, dtype=dtype, quantize=quantize,
             threads=threads, replace_unk=replace_unk,
         )  # fmt: skip
+        if memory_plot is not None and engine != "torch":
+            raise ConfigError("--memory-plot needs --engine torch and an ntm checkpoint")
         if input_ is None:
             fd, name = sys.stdin.fileno(), "stdin"
         else:
@@ -260,6 +266,8 @@ def translate(
             sink.write(_format_translation(index, result, n_best is not None, print_alignment))
             if attention_plot is not None:
                 _plot_attention(result, attention_plot / f"{index + 1:06d}.png")
+            if memory_plot is not None:
+                _plot_memory(translator, result, memory_plot / f"{index + 1:06d}.png")
             if output is None:
                 sink.flush()
         if prefixes is not None and next(prefixes, None) is not None:
@@ -322,6 +330,20 @@ def _plot_attention(result, path: Path) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     save_attention_heatmap(result.attention.numpy(), result.src_pieces, result.out_pieces, path)
+
+
+def _plot_memory(translator, result, path: Path) -> None:
+    """The NTM's write and read weightings while it translated this line (heads summed)."""
+    from nmt_cli.plots import save_memory_plot
+
+    if not result.src_pieces:
+        return  # an empty line was never run through the model
+    trace = translator.memory_trace(result)
+    steps = [*result.src_pieces, "<s>", *result.out_pieces[:-1]]
+    save_memory_plot(
+        trace.write_weights.sum(1).cpu().numpy(), trace.read_weights.sum(1).cpu().numpy(),
+        steps, trace.source_steps, path,
+    )  # fmt: skip
 
 
 def _open_input(path: Path, stack: contextlib.ExitStack) -> int:

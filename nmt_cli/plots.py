@@ -1,4 +1,4 @@
-"""Attention heatmaps: what each output token looked at in the source.
+"""Attention heatmaps (what each output token looked at in the source) and NTM memory plots.
 
 Figures are drawn on the Agg canvas directly (`matplotlib.figure.Figure` + `FigureCanvasAgg`)
 rather than through pyplot, so plotting needs no display, keeps no global figure registry that
@@ -156,4 +156,49 @@ def save_attention_grid(
     for ax in axes[len(arrays) :]:
         ax.set_axis_off()
     fig.colorbar(image, ax=list(axes), label="attention weight")
+    return _save(fig, path)
+
+
+def save_memory_plot(
+    write_weights: np.ndarray,
+    read_weights: np.ndarray,
+    step_tokens: Sequence[str],
+    source_steps: int,
+    path: str | PathLike[str],
+) -> Path:
+    """Save an NTM's write and read weightings over time, as in Graves et al. 2014, fig. 6.
+
+    `write_weights` and `read_weights` are [T, N] (steps x memory slots, heads summed);
+    `step_tokens` names each step's input. A dashed line marks where the source ends and the
+    output begins. Only the slots that were used (weight > 1%) are drawn, with one slot of
+    margin, so a 128-slot memory copying 20 items shows the 20 slots that matter.
+    """
+    w, r = np.asarray(write_weights, np.float32), np.asarray(read_weights, np.float32)
+    if w.ndim != 2 or w.shape != r.shape or w.shape[0] != len(step_tokens):
+        raise ValueError(
+            f"write {w.shape} and read {r.shape} weightings must both be [T, N] with "
+            f"T = {len(step_tokens)} steps"
+        )
+    used = np.flatnonzero(np.maximum(w, r).max(0) > 0.01)
+    first, last = (int(used[0]), int(used[-1])) if used.size else (0, w.shape[1] - 1)
+    first, last = max(0, first - 1), min(w.shape[1] - 1, last + 1)
+    T, rows = w.shape[0], last - first + 1
+    size = (
+        min(_MAX_INCHES, max(4.0, 0.18 * T + 2.0)),
+        min(_MAX_INCHES, max(3.0, 0.12 * rows + 1.5)),
+    )
+    fig = Figure(figsize=(size[0] * 2, size[1]), layout="constrained")
+    axes = fig.subplots(1, 2)
+    image = None
+    for ax, weights, title in ((axes[0], w, "write weightings"), (axes[1], r, "read weightings")):
+        image = ax.imshow(
+            weights[:, first : last + 1].T, aspect="auto", cmap="gray", vmin=0.0, vmax=1.0,
+            interpolation="nearest", extent=(-0.5, T - 0.5, last + 0.5, first - 0.5),
+        )  # fmt: skip
+        ax.axvline(source_steps - 0.5, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_xticks(range(T), [_visible(t) for t in step_tokens], rotation=90, fontsize=6)
+        ax.set_xlabel("time step (input token)")
+        ax.set_ylabel("memory location")
+        ax.set_title(title)
+    fig.colorbar(image, ax=list(axes), label="weight")
     return _save(fig, path)

@@ -26,6 +26,7 @@ from nmt_cli.decode.sampling import sample_search
 from nmt_cli.errors import CheckpointError, ConfigError, DataError
 from nmt_cli.models import build_model
 from nmt_cli.models.ensemble import Ensemble
+from nmt_cli.models.ntm import MemoryTrace, NTMSeq2Seq
 from nmt_cli.quantize import quantize_int8
 from nmt_cli.runtime import autocast, resolve_precision
 
@@ -255,6 +256,20 @@ class Translator:
             out_pieces=out_pieces,
             attention=best.attention,
         )
+
+    def memory_trace(self, result: Translation) -> MemoryTrace:
+        """Replay one translation through an NTM, recording where it wrote and read."""
+        if not isinstance(self.model, NTMSeq2Seq):
+            raise ConfigError(
+                "--memory-plot draws a Neural Turing Machine's memory weightings; give one "
+                "checkpoint of model.type ntm"
+            )
+        src = [self.src_tokenizer.piece_to_id(p) for p in result.src_pieces]
+        tgt_in = [BOS] + [self.tgt_tokenizer.piece_to_id(p) for p in result.out_pieces[:-1]]
+        with torch.inference_mode():
+            return self.model.memory_trace(
+                torch.tensor(src, device=self.device), torch.tensor(tgt_in, device=self.device)
+            )
 
 
 def encode_sources(

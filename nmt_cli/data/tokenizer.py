@@ -129,6 +129,9 @@ class Tokenizer:
     def id_to_piece(self, index: int) -> str:
         return self._sp.id_to_piece(int(index))
 
+    def piece_to_id(self, piece: str) -> int:
+        return self._sp.piece_to_id(piece)
+
     @property
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
