@@ -95,7 +95,7 @@ class RNNModelConfig:
     dec_layers: int = 1
     bidirectional: str = "all"  # all | bottom | none
     residual_from: int = 0
-    attention: str = "general"  # dot | general | concat
+    attention: str = "general"  # dot | general | concat | none (no attention)
     input_feeding: bool = True
     dropout: float = 0.3
     tie_embeddings: bool = True
@@ -322,7 +322,7 @@ def validate(cfg: Config) -> None:
     }
     if isinstance(cfg.model, RNNModelConfig):
         choices["model.bidirectional"] = (cfg.model.bidirectional, ("all", "bottom", "none"))
-        choices["model.attention"] = (cfg.model.attention, ("dot", "general", "concat"))
+        choices["model.attention"] = (cfg.model.attention, ("dot", "general", "concat", "none"))
         if cfg.model.bidirectional != "none" and cfg.model.hidden_dim % 2:
             raise ConfigError("model.hidden_dim must be even for a bidirectional encoder")
         if cfg.model.residual_from == 1 and cfg.model.emb_dim != cfg.model.hidden_dim:

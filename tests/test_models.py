@@ -132,3 +132,21 @@ def test_training_mode_uses_dropout() -> None:
     a = model(src, src_mask, tgt_in)
     b = model(src, src_mask, tgt_in)
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("bidi", ["none", "all"])
+@torch.no_grad()
+def test_without_attention_the_decoder_sees_only_the_last_encoder_state(bidi: str) -> None:
+    """`attention: none` (the NTM's baseline): stepping equals forcing, no attention comes
+    back, and padding after a sentence changes nothing."""
+    model = make_model("none", False, bidi, 2, 0)
+    src, src_mask, tgt_in = make_batch()
+    expected = torch.log_softmax(model(src, src_mask, tgt_in).float(), dim=-1)
+    state = model.init_state(model.encode(src, src_mask))
+    for t in range(T):
+        log_probs, state, attn = model.step(tgt_in[:, t], state)
+        assert attn is None
+        torch.testing.assert_close(log_probs, expected[:, t], atol=1e-5, rtol=0)
+    n = SRC_LENGTHS[1]
+    alone = torch.log_softmax(model(src[1:2, :n], src_mask[1:2, :n], tgt_in[1:2]), dim=-1)
+    torch.testing.assert_close(alone, expected[1:2], atol=1e-5, rtol=0)

@@ -11,6 +11,10 @@ fixed vector, so the decoder can look back at every source word. Each decoder st
 3. forms the attentional vector h~_t = tanh(W_c [c_t; h_t]) (Luong eq. 5), which feeds the
    output layer p(y_t) = softmax(W_s h~_t) (eq. 6) and the next step's input.
 
+With `attention: none` step 2 is skipped and h~_t = h_t: the classic encoder-decoder
+(Sutskever et al. 2014) whose decoder starts from the encoder's last state and sees nothing
+else of the source, the baseline that attention and the Neural Turing Machine improve on.
+
 The step is written once and used by both teacher-forced training and decoding, so the
 two can never disagree.
 """
@@ -33,7 +37,7 @@ class RNNMemory:
     """What the encoder hands the decoder."""
 
     states: torch.Tensor  # [B, S, H] one vector per source position
-    keys: torch.Tensor  # [B, S, H] source half of the attention score
+    keys: torch.Tensor | None  # [B, S, H] source half of the attention score
     mask: torch.Tensor  # [B, S] True on real tokens
 
 
@@ -42,9 +46,9 @@ class RNNState(DecoderState):
     hidden: torch.Tensor  # [B, L, H] LSTM h per decoder layer
     cell: torch.Tensor  # [B, L, H] LSTM c per decoder layer
     feed: torch.Tensor  # [B, H] previous attentional vector (input feeding)
-    states: torch.Tensor  # [B, S, H]
-    keys: torch.Tensor  # [B, S, H]
-    mask: torch.Tensor  # [B, S]
+    states: torch.Tensor | None  # [B, S, H] (None without attention)
+    keys: torch.Tensor | None  # [B, S, H]
+    mask: torch.Tensor | None  # [B, S]
 
 
 def _uses_residual(layer: int, residual_from: int) -> bool:
@@ -157,8 +161,10 @@ class RNNSeq2Seq(nn.Module):
         self.bridge = nn.Linear(H, cfg.dec_layers * H)
         self.embed_to_gates = nn.Linear(E, 4 * H)
         self.cell = LSTMStackCell(cfg, first_input_dim=H if cfg.input_feeding else 0)
-        self.attention = Attention(cfg.attention, query_dim=H, memory_dim=H)
-        self.combine = nn.Linear(2 * H, H, bias=False)
+        self.attention = (
+            None if cfg.attention == "none" else Attention(cfg.attention, query_dim=H, memory_dim=H)
+        )
+        self.combine = None if self.attention is None else nn.Linear(2 * H, H, bias=False)
         self.out_dropout = nn.Dropout(cfg.dropout)
         self.to_embed = nn.Linear(H, E, bias=False) if cfg.tie_embeddings and E != H else None
         self.output = nn.Linear(E if cfg.tie_embeddings else H, tgt_vocab, bias=False)
@@ -179,27 +185,34 @@ class RNNSeq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> RNNMemory:
         """src [B, S] token ids, src_mask [B, S] -> encoder states and attention keys."""
         states = self.encoder(self.embed_dropout(self.src_embed(src)), src_mask)  # [B, S, H]
-        return RNNMemory(states, self.attention.precompute_keys(states), src_mask)
+        keys = None if self.attention is None else self.attention.precompute_keys(states)
+        return RNNMemory(states, keys, src_mask)
 
     def init_state(self, memory: RNNMemory) -> RNNState:
-        """Decoder starts from a projection of the mean encoder state (a "bridge")."""
+        """Decoder starts from a projection (a "bridge") of the mean encoder state, or of
+        the last one when it has no attention to reach the other positions."""
         B, S, H = memory.states.shape
-        mask = memory.mask.unsqueeze(2).to(memory.states.dtype)
-        mean = (memory.states * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B, H]
-        hidden = torch.tanh(self.bridge(mean)).view(B, self.cfg.dec_layers, H)  # [B, L, H]
+        if self.attention is None:
+            last = memory.mask.sum(1) - 1  # [B] index of each sentence's last token
+            summary = memory.states[torch.arange(B, device=last.device), last]  # [B, H]
+        else:
+            mask = memory.mask.unsqueeze(2).to(memory.states.dtype)
+            summary = (memory.states * mask).sum(1) / mask.sum(1).clamp(min=1)  # [B, H]
+        hidden = torch.tanh(self.bridge(summary)).view(B, self.cfg.dec_layers, H)  # [B, L, H]
+        attends = self.attention is not None
         return RNNState(
             hidden=hidden,
             cell=torch.zeros_like(hidden),
             feed=memory.states.new_zeros(B, H),
-            states=memory.states,
+            states=memory.states if attends else None,
             keys=memory.keys,
-            mask=memory.mask,
+            mask=memory.mask if attends else None,
         )
 
     def step(
         self, prev_tokens: torch.Tensor, state: RNNState
-    ) -> tuple[torch.Tensor, RNNState, torch.Tensor]:
-        """prev_tokens [B] -> log_probs [B, V], next state, attention weights [B, S]."""
+    ) -> tuple[torch.Tensor, RNNState, torch.Tensor | None]:
+        """prev_tokens [B] -> log_probs [B, V], next state, attention weights [B, S] or None."""
         gates = self.embed_to_gates(self.embed_dropout(self.tgt_embed(prev_tokens)))  # [B, 4H]
         attentional, state, weights = self._step(gates, state)
         return torch.log_softmax(self._logits(attentional).float(), dim=-1), state, weights
@@ -220,12 +233,15 @@ class RNNSeq2Seq(nn.Module):
     # --- one decoder step ----------------------------------------------------------------
     def _step(
         self, gates: torch.Tensor, state: RNNState
-    ) -> tuple[torch.Tensor, RNNState, torch.Tensor]:
-        """-> attentional vector h~_t [B, H], next state, attention weights [B, S]."""
+    ) -> tuple[torch.Tensor, RNNState, torch.Tensor | None]:
+        """-> attentional vector h~_t [B, H], next state, attention weights [B, S] or None."""
         feed = state.feed if self.cfg.input_feeding else None
         top, hidden, cell = self.cell(gates, feed, state.hidden, state.cell)  # top [B, H]
-        context, weights = self.attention(top, state.keys, state.states, state.mask)
-        attentional = torch.tanh(self.combine(torch.cat([context, top], dim=1)))  # [B, H]
+        if self.attention is None:
+            attentional, weights = top, None
+        else:
+            context, weights = self.attention(top, state.keys, state.states, state.mask)
+            attentional = torch.tanh(self.combine(torch.cat([context, top], dim=1)))  # [B, H]
         next_state = dataclasses.replace(state, hidden=hidden, cell=cell, feed=attentional)
         return attentional, next_state, weights
 
