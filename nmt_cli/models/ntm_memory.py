@@ -16,7 +16,6 @@ Weightings are [B, H, N]: batch, heads, slots.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 # Keeps the cosine similarity and the sharpening power finite when a row or weighting is zero.
 EPS = 1e-8
@@ -28,9 +27,9 @@ def content_weights(memory: torch.Tensor, key: torch.Tensor, beta: torch.Tensor)
     memory [B, N, M], key [B, H, M], beta [B, H] (key strength >= 0) -> w^c [B, H, N].
     A large beta focuses on the single best-matching slot; beta = 0 spreads evenly.
     """
-    similarity = F.cosine_similarity(
-        key.unsqueeze(2), memory.unsqueeze(1), dim=-1, eps=EPS
-    )  # [B, H, N]
+    unit_key = key / key.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    unit_rows = memory / memory.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    similarity = unit_key @ unit_rows.transpose(1, 2)  # [B, H, N]
     return torch.softmax(beta.unsqueeze(-1) * similarity, dim=-1)
 
 
@@ -48,12 +47,11 @@ def circular_shift(weights: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     weights [B, H, N]; shift [B, H, 2k+1], a distribution over the offsets -k..k -> [B, H, N].
     Offset +1 moves the focus one slot forward; the last slot wraps around to the first.
     """
-    max_shift = (shift.shape[-1] - 1) // 2
-    rolled = torch.stack(
-        [torch.roll(weights, offset, dims=-1) for offset in range(-max_shift, max_shift + 1)],
-        dim=-1,
-    )  # [B, H, N, 2k+1]: rolled[..., i, o] = w(i - offset_o)
-    return (rolled * shift.unsqueeze(2)).sum(-1)
+    k = (shift.shape[-1] - 1) // 2
+    wrapped = torch.cat([weights[..., -k:], weights, weights[..., :k]], dim=-1) if k else weights
+    windows = wrapped.unfold(-1, 2 * k + 1, 1)  # [B, H, N, 2k+1]: w(i - k), ..., w(i + k)
+    # offset o reads w(i - o): the window's first entry pairs with offset +k, so flip s
+    return (windows @ shift.flip(-1).unsqueeze(-1)).squeeze(-1)
 
 
 def sharpen(weights: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
