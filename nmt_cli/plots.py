@@ -170,7 +170,7 @@ def save_memory_plot(
 
     `write_weights` and `read_weights` are [T, N] (steps x memory slots, heads summed);
     `step_tokens` names each step's input. A dashed line marks where the source ends and the
-    output begins. Only the slots that were used (weight > 1%) are drawn, with one slot of
+    output begins. Only the slots that were used (weight > 5%) are drawn, with one slot of
     margin, so a 128-slot memory copying 20 items shows the 20 slots that matter.
     """
     w, r = np.asarray(write_weights, np.float32), np.asarray(read_weights, np.float32)
@@ -179,14 +179,11 @@ def save_memory_plot(
             f"write {w.shape} and read {r.shape} weightings must both be [T, N] with "
             f"T = {len(step_tokens)} steps"
         )
-    used = np.flatnonzero(np.maximum(w, r).max(0) > 0.01)
+    used = np.flatnonzero(np.maximum(w, r).max(0) > 0.05)
     first, last = (int(used[0]), int(used[-1])) if used.size else (0, w.shape[1] - 1)
     first, last = max(0, first - 1), min(w.shape[1] - 1, last + 1)
     T, rows = w.shape[0], last - first + 1
-    size = (
-        min(_MAX_INCHES, max(4.0, 0.18 * T + 2.0)),
-        min(_MAX_INCHES, max(3.0, 0.12 * rows + 1.5)),
-    )
+    size = (min(12.0, max(4.0, 0.15 * T + 2.0)), min(9.0, max(3.0, 0.08 * rows + 1.5)))
     fig = Figure(figsize=(size[0] * 2, size[1]), layout="constrained")
     axes = fig.subplots(1, 2)
     image = None
