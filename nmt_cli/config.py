@@ -216,6 +216,7 @@ class TrainConfig:
     log_every: int = 50
     keep_last: int = 3
     patience: int = 10
+    best_metric: str = "bleu"  # bleu | loss: the validation figure that picks best.pt
     precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (auto: bf16 where native)
     threads: int = 0  # 0: leave torch's default
     max_bad_updates: int = 10  # stop after this many non-finite losses in a row
@@ -318,6 +319,7 @@ def validate(cfg: Config) -> None:
     choices = {
         "tokenizer.model_type": (cfg.tokenizer.model_type, ("unigram", "bpe", "char", "word")),
         "train.decay": (cfg.train.decay, ("inverse_sqrt", "linear", "constant")),
+        "train.best_metric": (cfg.train.best_metric, ("bleu", "loss")),
         "train.precision": (cfg.train.precision, PRECISIONS),
     }
     if isinstance(cfg.model, RNNModelConfig):

@@ -5,10 +5,10 @@ The arithmetic of one update (accumulation, mixed precision, clipping, the non-f
 guard) lives in `update.py`, process groups in `distributed.py`, reporting in `runlog.py`.
 
 A run directory holds `last.pt` (everything needed to resume), `best.pt` (best validation
-BLEU, weights only), the last K `step-N.pt` and `metrics.jsonl`. Resuming restores the
-optimizer, the data position, the RNG and the early-stopping counters, so a resumed run
-continues exactly where the interrupted one stopped. Ctrl-C finishes the current update,
-writes `last.pt` and returns; a second Ctrl-C aborts at once.
+BLEU, or loss with `train.best_metric: loss`; weights only), the last K `step-N.pt` and
+`metrics.jsonl`. Resuming restores the optimizer, the data position, the RNG and the
+early-stopping counters, so a resumed run continues exactly where the interrupted one stopped.
+Ctrl-C finishes the current update, writes `last.pt` and returns; a second Ctrl-C aborts at once.
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0  # batches of this process's slice already used
-        self.best_bleu: float | None = None
+        self.best_score: float | None = None  # larger is better (see `_score`)
+        self.best_bleu: float | None = None  # validation BLEU of best.pt
         self.best_step: int | None = None
         self.bad_validations = 0
 
@@ -170,6 +171,7 @@ class Trainer:
                 "batch_in_epoch": self.batch_in_epoch,
                 "world_size": self.dist.world_size,
                 "torch_rng": torch.get_rng_state(),
+                "best_score": self.best_score,
                 "best_bleu": self.best_bleu,
                 "best_step": self.best_step,
                 "bad_validations": self.bad_validations,
@@ -213,6 +215,7 @@ class Trainer:
             torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.dist.rank + self.step)
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.best_bleu, self.best_step = state["best_bleu"], state["best_step"]
+        self.best_score = state.get("best_score", self.best_bleu)  # older runs ranked by BLEU
         self.bad_validations = state["bad_validations"]
 
     def _save_step_checkpoint(self, metrics: dict[str, float]) -> None:
@@ -255,9 +258,10 @@ class Trainer:
 
     def after_validation(self, metrics: dict[str, float]) -> bool:
         """Save checkpoints; return True when early stopping says to stop."""
-        bleu = metrics["valid_bleu"]
-        if self.best_bleu is None or bleu > self.best_bleu:
-            self.best_bleu, self.best_step, self.bad_validations = bleu, self.step, 0
+        score = self._score(metrics)
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_bleu = score, metrics["valid_bleu"]
+            self.best_step, self.bad_validations = self.step, 0
             self.save(self.run_dir / "best.pt", metrics, with_train_state=False)
         else:
             self.bad_validations += 1
@@ -265,6 +269,13 @@ class Trainer:
         self.save(self.run_dir / "last.pt", metrics, with_train_state=True)
         patience = self.cfg.train.patience
         return patience > 0 and self.bad_validations >= patience
+
+    def _score(self, metrics: dict[str, float]) -> float:
+        """The figure that ranks checkpoints, larger is better: validation BLEU, or minus the
+        validation loss where BLEU says little (three-word outputs of the NTM tasks)."""
+        if self.cfg.train.best_metric == "loss":
+            return -metrics["valid_loss"]
+        return metrics["valid_bleu"]
 
     def validate_and_checkpoint(self, record: Callable[[dict[str, float]], None]) -> bool:
         """Rank 0 validates and saves while the others wait; all learn whether to stop."""

@@ -364,3 +364,19 @@ def test_compiled_training_matches_eager(make_recipe, reverse_data: Path, tmp_pa
         assert losses[True][step] == pytest.approx(loss, rel=1e-3), step
     ckpt = load_checkpoint(tmp_path / "compile-True" / "last.pt")
     assert not any(name.startswith("_orig_mod") for name in ckpt["model_state"])
+
+
+def test_best_metric_loss_keeps_the_lowest_validation_loss(
+    make_recipe, reverse_data: Path, tmp_path: Path
+) -> None:
+    """`best_metric: loss` ranks checkpoints by validation loss (BLEU ignored)."""
+    raw = make_recipe(train={"max_steps": 12, "valid_every": 4, "best_metric": "loss"})
+    run = tmp_path / "run"
+    result = train(config_from_dict(raw), reverse_data, run, device="cpu", show_progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = {row["step"]: row["valid_loss"] for row in rows if "valid_loss" in row}
+    assert sorted(losses) == [4, 8, 12]
+    lowest = min(losses, key=losses.get)
+    assert result.best_step == lowest == load_checkpoint(run / "best.pt")["step"]
+    with pytest.raises(ConfigError, match="best_metric"):
+        config_from_dict(make_recipe(train={"best_metric": "chrf"}))
