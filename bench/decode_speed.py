@@ -180,17 +180,19 @@ def streamed_rss(checkpoint: Path, work: Path, test: Path, lines: int) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["worker"]:  # one engine in its own process (see `run_engine`)
+        w = argparse.ArgumentParser(prog="decode_speed.py worker")
+        w.add_argument("--engine", choices=["torch", "ctranslate2"], required=True)
+        w.add_argument("--model", required=True)
+        w.add_argument("--src", required=True)
+        w.add_argument("--out", required=True)
+        w.add_argument("--threads", type=int, default=THREADS)
+        w.add_argument("--quantize")
+        w.add_argument("--uncached", action="store_true", help="recompute the prefix each step")
+        worker(w.parse_args(sys.argv[2:]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
-    w = sub.add_parser("worker")
-    w.add_argument("--engine", choices=["torch", "ctranslate2"], required=True)
-    w.add_argument("--model", required=True)
-    w.add_argument("--src", required=True)
-    w.add_argument("--out", required=True)
-    w.add_argument("--threads", type=int, default=THREADS)
-    w.add_argument("--quantize")
-    w.add_argument("--uncached", action="store_true", help="recompute the prefix every step")
-    parser.add_argument("checkpoint", type=Path, nargs="?")
+    parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "multi30k")
     parser.add_argument(
         "--work", type=Path, default=Path.home() / ".cache" / "nmt-bench" / "decode"
@@ -199,11 +201,6 @@ def main() -> None:
     parser.add_argument("--rss-lines", type=int, default=0, help="also stream this many lines")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    if args.command == "worker":
-        worker(args)
-        return
-    if args.checkpoint is None:
-        parser.error("give the checkpoint to benchmark")
     work, data = args.work.resolve(), args.data.resolve()
     test = work / "test"
     test.mkdir(parents=True, exist_ok=True)
