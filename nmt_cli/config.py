@@ -233,7 +233,7 @@ class DecodeConfig:
     max_len_a: float = 1.5
     max_len_b: int = 10
     n_best: int = 1  # hypotheses (or samples) kept per sentence
-    batch_tokens: int = 4000
+    batch_tokens: int = 1500  # source tokens per decoding batch: bounds the [rows, V] step tensors
     coverage: float = 0.0  # GNMT coverage penalty weight beta (0 = off)
     sampling: bool = False  # draw words at random instead of beam search
     temperature: float = 1.0
