@@ -70,3 +70,11 @@ def test_ntm_preprocess_train_translate_eval(
                     "--ref", str(data / "test.tgt"), "--json", "--device", "cpu"])  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert 0.0 <= json.loads(done.stdout)["bleu"] <= 100.0
+
+
+def test_memory_plot_needs_an_ntm_checkpoint(checkpoint: Path, run_nmt, tmp_path: Path) -> None:
+    done = run_nmt(["translate", str(checkpoint), "--memory-plot", str(tmp_path / "plots")],
+                   stdin=b"1 2 3\n")  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "model.type ntm" in done.stderr
+    assert not (tmp_path / "plots").exists()
