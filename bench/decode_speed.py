@@ -9,6 +9,7 @@ the process (`/usr/bin/time -v`), and sacreBLEU. The engines, in one run:
   nmt_cli int8            the same with dynamic int8 linear layers (`--quantize int8`)
   nmt_cli fp32 uncached   the same without the decoder cache (each step recomputes the
                           prefix): its BLEU must equal the cached decoder's
+  nmt_cli bf16            bf16 autocast, on CPUs with native bf16 (AMX or AVX512-BF16) only
   ctranslate2 f32 / int8  the checkpoint exported with `nmt export --format ctranslate2`
   fairseq                 (--peer fairseq) fairseq-generate on the Transformer of the same size
                           that `bench/train_speed.py --peer fairseq` trained
@@ -33,8 +34,11 @@ import time
 from pathlib import Path
 
 import sacrebleu
+import torch
 from rich.console import Console
 from rich.table import Table
+
+from nmt_cli.runtime import resolve_precision
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -49,8 +53,6 @@ console = Console(stderr=True)
 
 def worker(args: argparse.Namespace) -> None:
     """Load one engine, translate the file, print timings as JSON (run in a fresh process)."""
-    import torch
-
     from nmt_cli.runtime import set_threads
 
     set_threads(args.threads)
@@ -60,8 +62,9 @@ def worker(args: argparse.Namespace) -> None:
         from nmt_cli.translate import Translator
 
         translator = Translator.from_checkpoint(
-            args.model, torch.device("cpu"), {"beam": BEAM}, quantize=args.quantize
-        )
+            args.model, torch.device("cpu"), {"beam": BEAM}, quantize=args.quantize,
+            precision=args.dtype,
+        )  # fmt: skip
         if args.uncached:
             from nmt_cli.models.uncached import Uncached
 
@@ -188,6 +191,7 @@ def main() -> None:
         w.add_argument("--out", required=True)
         w.add_argument("--threads", type=int, default=THREADS)
         w.add_argument("--quantize")
+        w.add_argument("--dtype", default="fp32")
         w.add_argument("--uncached", action="store_true", help="recompute the prefix each step")
         worker(w.parse_args(sys.argv[2:]))
         return
@@ -214,6 +218,8 @@ def main() -> None:
         run_engine("nmt_cli int8", "torch", ckpt, work, test, "--quantize", "int8"),
         run_engine("nmt_cli fp32 uncached", "torch", ckpt, work, test, "--uncached"),
     ]
+    if resolve_precision("auto", torch.device("cpu")) == "bf16":  # native bf16 units only
+        rows.append(run_engine("nmt_cli bf16", "torch", ckpt, work, test, "--dtype", "bf16"))
     for quantize, label in (("none", "f32"), ("int8", "int8")):
         model = export(ckpt, work / f"ct2-{label}", quantize)
         rows.append(run_engine(f"ctranslate2 {label}", "ctranslate2", model, work, test))
