@@ -8,7 +8,7 @@ A run directory holds `last.pt` (everything needed to resume), `best.pt` (best v
 BLEU, or loss with `train.best_metric: loss`; weights only), the last K `step-N.pt` and
 `metrics.jsonl`. Resuming restores the optimizer, the data position, the RNG and the
 early-stopping counters, so a resumed run continues exactly where the interrupted one stopped.
-Ctrl-C finishes the current update, writes `last.pt` and returns; a second Ctrl-C aborts at once.
+Ctrl-C or SIGTERM finishes the current update, writes `last.pt` and returns; a second aborts.
 """
 
 from __future__ import annotations
@@ -76,13 +76,16 @@ def learning_rate(cfg_train: Any, step: int) -> float:
 
 
 class _InterruptFlag:
-    """First Ctrl-C asks the loop to stop at the next update boundary; a second aborts."""
+    """First Ctrl-C (or SIGTERM, what schedulers and `kill` send) asks the loop to stop at the
+    next update boundary, which then writes last.pt; a second signal aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.raised = False
 
     def __enter__(self) -> _InterruptFlag:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -91,7 +94,8 @@ class _InterruptFlag:
         self.raised = True
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class Trainer:

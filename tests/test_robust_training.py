@@ -139,3 +139,28 @@ def test_kill_9_while_writing_checkpoints_never_breaks_last_pt(
     assert done.returncode == 0, done.stderr
     assert load_checkpoint(run / "last.pt")["step"] == last["step"] + 3
     assert not list(run.glob(".*.tmp-*"))  # the killed writes' leftovers were removed
+
+
+def test_sigterm_writes_last_pt_and_exits_cleanly(
+    make_recipe, recipe_file, reverse_data: Path, tmp_path: Path, run_nmt
+) -> None:
+    """SIGTERM (what `kill` and batch schedulers send) stops like Ctrl-C: the current update
+    finishes, last.pt is written with its training state, and the run can be resumed."""
+    run = tmp_path / "run"
+    recipe = recipe_file(make_recipe(train={"max_steps": 100_000, "valid_every": 100_000,
+                                            "log_every": 1}))  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "nmt_cli", "train", str(recipe), "--data",
+                             str(reverse_data), "--out", str(run), "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    _wait_for_new_lines(run / "metrics.jsonl", 0, new=3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr.decode()
+    assert b"interrupted: saved" in stderr and b"Traceback" not in stderr
+    last = load_checkpoint(run / "last.pt")
+    assert "train_state" in last and last["step"] >= 3
+    done = run_nmt(["train", str(recipe), "--data", str(reverse_data), "--out", str(run),
+                    "--device", "cpu", "--resume", str(run / "last.pt"),
+                    "--set", f"train.max_steps={last['step'] + 2}"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(run / "last.pt")["step"] == last["step"] + 2
