@@ -139,3 +139,26 @@ def test_sentences_within_char_budget(tmp_path: Path) -> None:
     (tmp_path / "b.txt").write_text("z" * 19 + "\n", encoding="utf-8")
     assert sentences_within([tmp_path / "a.txt", tmp_path / "b.txt"], 100) == 5
     assert sentences_within([tmp_path / "b.txt"], 10) == 1  # never zero
+
+
+def test_bit_flipped_and_truncated_shards_fail_their_checksum(tmp_path: Path) -> None:
+    """The manifest's CRC-32 of each file catches damage the offsets cannot see."""
+    with ShardWriter(tmp_path, "train", "uint16") as writer:
+        writer.add([5, 6, 7], [8, 9])
+        writer.add([10], [11, 12, 13])
+    stats = writer.close()
+    assert sorted(stats.crc32) == ["train.src.bin", "train.src.idx", "train.tgt.bin",
+                                   "train.tgt.idx"]  # fmt: skip
+    write_manifest(tmp_path, {**_manifest(2, 4, 5, "uint16"),
+                              "splits": {"train": stats.as_dict()}})  # fmt: skip
+    assert len(ShardReader(tmp_path, "train")) == 2  # intact: opens
+    shard = tmp_path / "train.tgt.bin"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:2] + bytes([good[2] ^ 0x01]) + good[3:])  # one bit: token 9 -> 8
+    with pytest.raises(DataError, match=r"train\.tgt\.bin does not match the CRC-32"):
+        ShardReader(tmp_path, "train")
+    shard.write_bytes(good)
+    idx = tmp_path / "train.src.idx"
+    idx.write_bytes(idx.read_bytes()[:-1] + b"\x7f")  # last offset's high byte
+    with pytest.raises(DataError, match="damaged"):
+        ShardReader(tmp_path, "train")

@@ -6,13 +6,16 @@ Layout of a data dir, per split and side (`src`, `tgt`):
   `{split}.{side}.idx`  raw little-endian int64 offsets, N+1 entries, offsets[0] = 0;
                         pair i is bin[offsets[i]:offsets[i+1]]
 Reading maps the files with `np.memmap`, so opening a 4.5M-pair split costs almost no memory
-and every DataLoader worker shares the same page cache.
+and every DataLoader worker shares the same page cache. The manifest keeps a CRC-32 of every
+file, computed while writing and checked on opening (about a second per GB), so a truncated or
+bit-flipped shard is an error before training starts rather than garbage during it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +75,19 @@ class ShardStats:
     pairs: int
     src_tokens: int
     tgt_tokens: int
+    crc32: dict[str, int]  # file name -> CRC-32 of its bytes
 
-    def as_dict(self) -> dict[str, int]:
-        return {"pairs": self.pairs, "src_tokens": self.src_tokens, "tgt_tokens": self.tgt_tokens}
+    def as_dict(self) -> dict[str, Any]:
+        return {"pairs": self.pairs, "src_tokens": self.src_tokens,
+                "tgt_tokens": self.tgt_tokens, "crc32": self.crc32}  # fmt: skip
+
+
+def file_crc32(path: Path, chunk: int = 1 << 24) -> int:
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 class _SideWriter:
@@ -84,9 +97,20 @@ class _SideWriter:
         self.dtype = dtype
         self.limit = np.iinfo(dtype).max
         self.tokens = 0
+        self.names = (bin_path.name, idx_path.name)
         self.bin = open(bin_path, "wb")  # closed in close()
         self.idx = open(idx_path, "wb")
-        np.zeros(1, _OFFSET_DTYPE).tofile(self.idx)
+        self.bin_crc = self.idx_crc = 0
+        self._append_offsets(np.zeros(1, _OFFSET_DTYPE))
+
+    def _append_offsets(self, offsets: np.ndarray) -> None:
+        data = offsets.astype(_OFFSET_DTYPE).tobytes()
+        self.idx.write(data)
+        self.idx_crc = zlib.crc32(data, self.idx_crc)
+
+    @property
+    def crc32(self) -> dict[str, int]:
+        return {self.names[0]: self.bin_crc, self.names[1]: self.idx_crc}
 
     def write(self, seqs: Sequence[Sequence[int]]) -> None:
         lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
@@ -95,8 +119,10 @@ class _SideWriter:
         )
         if flat.size and (flat.min() < 0 or flat.max() > self.limit):
             raise DataError(f"token id outside {self.dtype} range; the manifest dtype is wrong")
-        flat.astype(self.dtype).tofile(self.bin)
-        (self.tokens + np.cumsum(lengths)).astype(_OFFSET_DTYPE).tofile(self.idx)
+        data = flat.astype(self.dtype).tobytes()
+        self.bin.write(data)
+        self.bin_crc = zlib.crc32(data, self.bin_crc)
+        self._append_offsets(self.tokens + np.cumsum(lengths))
         self.tokens += int(flat.size)
 
     def close(self) -> None:
@@ -156,7 +182,9 @@ class ShardWriter:
                 for side in self._sides:
                     side.close()
             src, tgt = self._sides
-            self._stats = ShardStats(self._pairs, src.tokens, tgt.tokens)
+            self._stats = ShardStats(
+                self._pairs, src.tokens, tgt.tokens, {**src.crc32, **tgt.crc32}
+            )
         return self._stats
 
     def __enter__(self) -> ShardWriter:
@@ -204,6 +232,12 @@ class ShardReader:
                 raise DataError(
                     f"{data_dir}/{split}.{side}.idx does not match its .bin and the manifest "
                     f"({pairs} pairs); the data dir is damaged, re-run `nmt preprocess`"
+                )
+        for name, expected in manifest["splits"][split].get("crc32", {}).items():
+            if file_crc32(data_dir / name) != expected:
+                raise DataError(
+                    f"{data_dir}/{name} does not match the CRC-32 in manifest.json: the file is "
+                    "damaged; re-run `nmt preprocess`"
                 )
         self._lengths: dict[str, np.ndarray] = {}
 
