@@ -80,9 +80,22 @@ def save_checkpoint(
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as either
+        kept = "the previous file is intact" if path.exists() else "nothing was written"
+        raise CheckpointError(
+            f"could not write {path} ({_write_failure_reason(exc)}): {kept}; free disk space "
+            "or write to another --out"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _write_failure_reason(exc: BaseException) -> str:
+    """The OS's reason; torch's zip writer hides it behind an internal message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return "the write failed part-way, as on a full disk"
 
 
 def remove_partial_writes(directory: Path) -> None:

@@ -199,7 +199,7 @@ def test_failed_save_keeps_the_previous_file(saved, tmp_path: Path, monkeypatch)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="No space left on device.*previous file is intact"):
         trainer.save(path, {"bad": 1.0}, with_train_state=True)
     assert path.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left

@@ -3,6 +3,7 @@ and a kill -9 in the middle of writing a checkpoint."""
 
 from __future__ import annotations
 
+import resource
 import signal
 import subprocess
 import sys
@@ -164,3 +165,32 @@ def test_sigterm_writes_last_pt_and_exits_cleanly(
                     "--set", f"train.max_steps={last['step'] + 2}"])  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert load_checkpoint(run / "last.pt")["step"] == last["step"] + 2
+
+
+def test_a_full_disk_is_a_one_line_error_and_last_pt_survives(
+    make_recipe, recipe_file, reverse_data: Path, tmp_path: Path, run_nmt
+) -> None:
+    """Writes past a file-size limit fail like a full disk (EFBIG instead of ENOSPC; Python
+    ignores SIGXFSZ): training stops with one line naming the fix, and the previous
+    checkpoint is byte-for-byte intact."""
+    run = tmp_path / "run"
+    recipe = recipe_file(make_recipe(train={"max_steps": 2, "valid_every": 2}))
+    args = ["train", str(recipe), "--data", str(reverse_data), "--out", str(run), "--device",
+            "cpu"]  # fmt: skip
+    assert run_nmt(args).returncode == 0
+    good = (run / "last.pt").read_bytes()
+    limit = len(good) // 2  # checkpoints no longer fit; the small logs still do
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "nmt_cli", *args, "--resume", str(run / "last.pt"),
+                           "--set", "train.max_steps=4"], capture_output=True,
+                          preexec_fn=small_disk)  # fmt: skip
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    error = stderr.strip().splitlines()[-1]  # after the progress lines
+    assert "Traceback" not in stderr and error.startswith("error: could not write"), stderr
+    assert "previous file is intact; free disk space" in error
+    assert (run / "last.pt").read_bytes() == good
+    assert not list(run.glob(".*.tmp-*"))
