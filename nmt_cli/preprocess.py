@@ -71,6 +71,7 @@ def preprocess(cfg: Config, out_dir: Path, show_progress: bool = True) -> Prepro
     for source in (*data.train, *data.valid, *data.test):
         check_source(source)
     out_dir = Path(out_dir)
+    _recover_killed_runs(out_dir)
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -231,6 +232,35 @@ def _check_replaceable(out_dir: Path) -> None:
             f"{out_dir} exists and is not an nmt_cli data dir (no manifest.json); "
             "refusing to replace it: choose another --out or remove it"
         )
+
+
+def _recover_killed_runs(out_dir: Path) -> None:
+    """Clean up after a preprocess that was killed (kill -9, power loss) writing to `out_dir`.
+
+    It leaves its hidden work dir `.NAME.tmp-PID`, which is deleted; or, if it died inside the
+    final swap, the previous output as `.NAME.old-PID` with no `NAME`, which is put back.
+    Leftovers of a process that is still running are not touched.
+    """
+    if not out_dir.parent.is_dir():
+        return
+    for leftover in sorted(out_dir.parent.glob(f".{out_dir.name}.*-*")):
+        stem, _, pid = leftover.name.rpartition("-")
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        if stem.endswith(".old") and not out_dir.exists():
+            os.rename(leftover, out_dir)
+        elif stem.endswith((".tmp", ".old")):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _move_into_place(work: Path, out_dir: Path) -> None:

@@ -17,6 +17,7 @@ from nmt_cli import update
 from nmt_cli.checkpoint import load_checkpoint
 from nmt_cli.config import TransformerModelConfig, config_from_dict
 from nmt_cli.data.batching import collate
+from nmt_cli.data.shards import ShardReader
 from nmt_cli.distributed import Distributed
 from nmt_cli.models import build_model
 from nmt_cli.train import train
@@ -194,3 +195,36 @@ def test_a_full_disk_is_a_one_line_error_and_last_pt_survives(
     assert "previous file is intact; free disk space" in error
     assert (run / "last.pt").read_bytes() == good
     assert not list(run.glob(".*.tmp-*"))
+
+
+def test_kill_9_during_preprocess_keeps_the_data_dir_and_is_cleaned_up(
+    recipe_file, tmp_path: Path, run_nmt
+) -> None:
+    """SIGKILL while a re-run of `nmt preprocess` writes its shards: the earlier data dir is
+    untouched and loads, and the next run removes the killed run's hidden work dir."""
+
+    def task_recipe(size: int) -> Path:
+        return recipe_file({
+            "data": {"train": [{"task": "copy", "size": size, "seed": 1, "lengths": [1, 20]}],
+                     "valid": [{"task": "copy", "size": 10, "seed": 2}],
+                     "clean": {"max_words": 1000, "max_ratio": 100.0}},
+            "tokenizer": {"model_type": "word", "vocab_size": 300},
+        }, name=f"copy-{size}.yaml")  # fmt: skip
+
+    out = tmp_path / "data"
+    assert run_nmt(["preprocess", str(task_recipe(2000)), "--out", str(out)]).returncode == 0
+    manifest = (out / "manifest.json").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "nmt_cli", "preprocess",
+                             str(task_recipe(400_000)), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    work = tmp_path / f".data.tmp-{proc.pid}"
+    deadline = time.monotonic() + 120
+    while not list(work.glob("train.src.bin")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until it is writing shards
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert work.is_dir()  # what a killed run leaves
+    assert (out / "manifest.json").read_bytes() == manifest
+    assert len(ShardReader(out, "train")) == 2000
+    assert run_nmt(["preprocess", str(task_recipe(3000)), "--out", str(out)]).returncode == 0
+    assert not work.exists() and len(ShardReader(out, "train")) == 3000
