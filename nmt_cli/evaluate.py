@@ -41,11 +41,7 @@ class EvalResult:
 
 def score(hypotheses: list[str], references: list[str]) -> EvalResult:
     """Score hypotheses against a single reference each with BLEU (13a, cased), chrF and TER."""
-    if len(hypotheses) != len(references):
-        raise DataError(
-            f"hypotheses and references differ in length: {len(hypotheses)} hypotheses vs "
-            f"{len(references)} references; they must be line-aligned"
-        )
+    check_aligned(hypotheses, references, "hypotheses")
     refs = [list(references)]
     bleu, chrf, ter = BLEU(), CHRF(), TER()
     bleu_score = bleu.corpus_score(hypotheses, refs)
@@ -63,6 +59,17 @@ def score(hypotheses: list[str], references: list[str]) -> EvalResult:
         sentences=len(hypotheses),
         bleu_detail=bleu_score.format(),
     )
+
+
+def check_aligned(lines: list[str], references: list[str], what: str) -> None:
+    """One reference per line, and at least one line to score."""
+    if len(lines) != len(references):
+        raise DataError(
+            f"{what} and references differ in length: {len(lines)} {what} vs "
+            f"{len(references)} references; they must be line-aligned"
+        )
+    if not references:
+        raise DataError("nothing to score: the reference file is empty; give one line per sentence")
 
 
 def read_lines(path: str | PathLike[str]) -> list[str]:
@@ -144,6 +151,7 @@ def evaluate(
         hypotheses = read_lines(hyp)
     else:
         sources = read_lines(src)
+        check_aligned(sources, references, "sources")  # before a translation that would be lost
         translator = Translator.from_checkpoint(
             checkpoint, resolve_device(device), decode_overrides
         )
