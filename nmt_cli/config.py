@@ -222,6 +222,10 @@ class TrainConfig:
     max_bad_updates: int = 10  # stop after this many non-finite losses in a row
     compile: bool = False  # torch.compile the model for training
     tensorboard: bool = False  # also log to RUN/tensorboard (pip install tensorboard)
+    # Multi-process runs: seconds a process waits for the others in a collective before it
+    # gives up (a dead process is noticed at once; this bounds the wait for a hung one). Rank
+    # 0 validates alone while the others wait, so it must exceed a validation.
+    collective_timeout: float = 3600
 
 
 @dataclass(frozen=True)

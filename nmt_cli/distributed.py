@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import os
-import subprocess
+import re
 import sys
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
-
-# Rank 0 validates (a full beam search over the validation set) while the others wait in a
-# collective; the default timeouts (10 min for NCCL) would kill a big model's validation.
-COLLECTIVE_TIMEOUT = datetime.timedelta(hours=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,17 +86,36 @@ def from_environment() -> Distributed:
     return Distributed(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), world_size)
 
 
-def start(dist: Distributed, device: torch.device) -> torch.device:
-    """Join the process group; return the device this process trains on."""
+def start(dist: Distributed, device: torch.device, timeout_seconds: float) -> torch.device:
+    """Join the process group; return the device this process trains on.
+
+    A collective that waits longer than `timeout_seconds` for another process raises instead
+    of hanging forever (NCCL's default of 10 minutes would also kill a long validation).
+    """
     if not dist.enabled:
         return device
+    timeout = datetime.timedelta(seconds=timeout_seconds)
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-        torch_dist.init_process_group("nccl", device_id=device, timeout=COLLECTIVE_TIMEOUT)
+        torch_dist.init_process_group("nccl", device_id=device, timeout=timeout)
     else:
-        torch_dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+        torch_dist.init_process_group("gloo", timeout=timeout)
     return device
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """Whether `exc` comes from a collective whose peer died (connection reset) or hung
+    (timeout): NCCL raises `DistError`s, gloo plain RuntimeErrors that name gloo."""
+    return isinstance(exc, torch_dist.DistError) or (
+        isinstance(exc, RuntimeError) and "gloo" in str(exc)
+    )
+
+
+def collective_failure_reason(exc: BaseException) -> str:
+    """The first sentence of a backend's message, without its source-file prefix."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^\[[^\]]*\]\s*", "", first_line).split(". ")[0]
 
 
 def stop(dist: Distributed) -> None:
@@ -105,8 +123,41 @@ def stop(dist: Distributed) -> None:
         torch_dist.destroy_process_group()
 
 
-def launch(nproc: int, nmt_args: Sequence[str]) -> int:
-    """Run `torchrun --standalone --nproc_per_node N -m nmt_cli <nmt_args>`; its exit code."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "nmt_cli", *nmt_args]  # fmt: skip
-    return subprocess.run(command, check=False).returncode
+def launch(nproc: int, nmt_args: Sequence[str], run_dir: Path) -> int:
+    """Run `nmt <nmt_args>` in `nproc` processes on this machine; their exit code.
+
+    What `torchrun --standalone --nproc_per_node N -m nmt_cli ...` does, through its Python
+    API, so that a failure reads as one line instead of the launcher's report. When one
+    process dies the launcher stops the others. The processes run in sessions of their own,
+    so Ctrl-C (or SIGTERM) reaches the launcher alone; it passes the signal on once, each
+    process stops cleanly with a checkpoint, and the launcher waits for them.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: processes share cores
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+    )  # fmt: skip
+    try:
+        elastic_launch(config, sys.executable)("-u", "-m", "nmt_cli", *nmt_args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        if failure.exitcode >= 0:
+            return failure.exitcode  # 1: it printed its error; 130: interrupted
+        from nmt_cli.console import console
+
+        last = run_dir / "last.pt"
+        console.print(
+            f"[bold red]error:[/] training process {rank} was killed ({failure.signal_name()}) "
+            f"and the others were stopped; "
+            + (f"continue with --resume {last}" if last.exists() else "start the run again"),
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        return 1
+    except SignalException:
+        return 130  # the processes have saved last.pt and said how to resume
+    return 0

@@ -24,3 +24,7 @@ class CheckpointError(NMTError):
 
 class TrainingError(NMTError):
     """Training cannot go on: the loss diverged, or fp16 cannot represent the gradients."""
+
+
+class DistributedError(NMTError):
+    """A training process lost contact with the others: one of them died or hung."""

@@ -38,7 +38,7 @@ from nmt_cli.data.batching import collate, make_batches
 from nmt_cli.data.shards import ShardReader, read_manifest
 from nmt_cli.data.tokenizer import load_tokenizers
 from nmt_cli.distributed import SINGLE_PROCESS, Distributed
-from nmt_cli.errors import CheckpointError, ConfigError
+from nmt_cli.errors import CheckpointError, ConfigError, DistributedError
 from nmt_cli.models import build_model
 from nmt_cli.runlog import RunLog
 from nmt_cli.runtime import (
@@ -367,7 +367,7 @@ def train(
     dist = distributed.from_environment()
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed + dist.rank)  # distinct dropout; DDP syncs initial weights
-    torch_device = distributed.start(dist, resolve_device(device))
+    torch_device = distributed.start(dist, resolve_device(device), cfg.train.collective_timeout)
     try:
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -388,7 +388,23 @@ def train(
         # Leave together: a process that exits while another still writes its checkpoint
         # closes the connections the other's process group is using.
         dist.barrier()
+    except Exception as exc:
+        if dist.enabled and distributed.is_collective_failure(exc):
+            raise _lost_contact(dist, run_dir, exc) from None
+        raise
     finally:
         distributed.stop(dist)
     return TrainResult(run_dir, trainer.step, trainer.best_bleu, trainer.best_step,
                        time.perf_counter() - started, stopped_by)  # fmt: skip
+
+
+def _lost_contact(dist: distributed.Distributed, run_dir: Path, exc: Exception) -> DistributedError:
+    """The one-line error of a process whose peer died (or hung past the collective timeout)."""
+    last = run_dir / "last.pt"
+    then = (f"{last} is intact: continue with --resume {last}" if last.exists()
+            else "no checkpoint was written yet: start the run again")  # fmt: skip
+    return DistributedError(
+        f"training process {dist.rank} lost contact with the others "
+        f"({distributed.collective_failure_reason(exc)}): one of them died or hung (see its "
+        f"log, or raise train.collective_timeout); {then}"
+    )
