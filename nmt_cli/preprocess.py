@@ -11,6 +11,7 @@ survives a failed re-run untouched.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import shutil
@@ -57,6 +58,10 @@ class PreprocessResult:
     seconds: float
 
 
+# Write failures a user fixes by making room: a full disk, a quota, a file-size limit.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def preprocess(cfg: Config, out_dir: Path, show_progress: bool = True) -> PreprocessResult:
     """Build a data dir (manifest, tokenizer model(s), shards, valid/test text) at `out_dir`."""
     start = time.perf_counter()
@@ -83,6 +88,15 @@ def preprocess(cfg: Config, out_dir: Path, show_progress: bool = True) -> Prepro
         with bars:
             pairs, stats, vocab = _build(cfg, work, bars)
         _move_into_place(work, out_dir)
+    except OSError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if exc.errno not in _DISK_FULL:
+            raise
+        kept = "the previous data dir is intact" if out_dir.exists() else "nothing was written"
+        raise DataError(
+            f"could not write {out_dir} ({exc.strerror}): {kept}; free disk space or choose "
+            "another --out"
+        ) from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

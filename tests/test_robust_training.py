@@ -3,6 +3,7 @@ and a kill -9 in the middle of writing a checkpoint."""
 
 from __future__ import annotations
 
+import functools
 import resource
 import signal
 import subprocess
@@ -197,20 +198,22 @@ def test_a_full_disk_is_a_one_line_error_and_last_pt_survives(
     assert not list(run.glob(".*.tmp-*"))
 
 
+def _copy_task_recipe(recipe_file, size: int) -> Path:
+    """A preprocess recipe of `size` generated copy-task pairs (large sizes: large shards)."""
+    return recipe_file({
+        "data": {"train": [{"task": "copy", "size": size, "seed": 1, "lengths": [1, 20]}],
+                 "valid": [{"task": "copy", "size": 10, "seed": 2}],
+                 "clean": {"max_words": 1000, "max_ratio": 100.0}},
+        "tokenizer": {"model_type": "word", "vocab_size": 300},
+    }, name=f"copy-{size}.yaml")  # fmt: skip
+
+
 def test_kill_9_during_preprocess_keeps_the_data_dir_and_is_cleaned_up(
     recipe_file, tmp_path: Path, run_nmt
 ) -> None:
     """SIGKILL while a re-run of `nmt preprocess` writes its shards: the earlier data dir is
     untouched and loads, and the next run removes the killed run's hidden work dir."""
-
-    def task_recipe(size: int) -> Path:
-        return recipe_file({
-            "data": {"train": [{"task": "copy", "size": size, "seed": 1, "lengths": [1, 20]}],
-                     "valid": [{"task": "copy", "size": 10, "seed": 2}],
-                     "clean": {"max_words": 1000, "max_ratio": 100.0}},
-            "tokenizer": {"model_type": "word", "vocab_size": 300},
-        }, name=f"copy-{size}.yaml")  # fmt: skip
-
+    task_recipe = functools.partial(_copy_task_recipe, recipe_file)
     out = tmp_path / "data"
     assert run_nmt(["preprocess", str(task_recipe(2000)), "--out", str(out)]).returncode == 0
     manifest = (out / "manifest.json").read_bytes()
@@ -228,3 +231,53 @@ def test_kill_9_during_preprocess_keeps_the_data_dir_and_is_cleaned_up(
     assert len(ShardReader(out, "train")) == 2000
     assert run_nmt(["preprocess", str(task_recipe(3000)), "--out", str(out)]).returncode == 0
     assert not work.exists() and len(ShardReader(out, "train")) == 3000
+
+
+def test_a_full_disk_during_preprocess_is_one_line_and_keeps_the_data_dir(
+    recipe_file, tmp_path: Path, run_nmt
+) -> None:
+    """Shards that outgrow a file-size limit (EFBIG, as ENOSPC on a full disk): one line
+    naming the fix, the earlier data dir untouched, no work dir left behind."""
+    out = tmp_path / "data"
+    assert run_nmt(["preprocess", str(_copy_task_recipe(recipe_file, 2000)), "--out",
+                    str(out)]).returncode == 0  # fmt: skip
+    manifest = (out / "manifest.json").read_bytes()
+    limit = 1 << 20  # the 2,000-pair data fits; shards of 100,000 pairs do not
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "nmt_cli", "preprocess",
+                           str(_copy_task_recipe(recipe_file, 100_000)), "--out", str(out)],
+                          capture_output=True, preexec_fn=small_disk)  # fmt: skip
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    error = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr and error.startswith(f"error: could not write {out}"), stderr
+    assert "the previous data dir is intact; free disk space" in error
+    assert (out / "manifest.json").read_bytes() == manifest
+    assert len(ShardReader(out, "train")) == 2000
+    assert not list(tmp_path.glob(".data.*"))
+
+
+def test_a_data_dir_caught_mid_swap_by_a_kill_is_put_back(
+    make_recipe, recipe_file, tmp_path: Path, run_nmt
+) -> None:
+    """A preprocess killed between its two renames leaves the earlier output as
+    `.data.old-PID` and no `data`: the next run puts it back before anything else, so even
+    when that run fails (here on a corrupt corpus) the data dir is there and loads."""
+    out = tmp_path / "data"
+    assert run_nmt(["preprocess", str(_copy_task_recipe(recipe_file, 2000)), "--out",
+                    str(out)]).returncode == 0  # fmt: skip
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that no longer runs
+    out.rename(tmp_path / f".data.old-{dead.pid}")
+    bad_src = tmp_path / "bad.src"
+    bad_src.write_text("1 2\n3 4\n")
+    (tmp_path / "bad.tgt").write_text("2 1\n")  # one line short
+    raw = make_recipe()
+    raw["data"]["train"] = [{"src": str(bad_src), "tgt": str(tmp_path / "bad.tgt")}]
+    done = run_nmt(["preprocess", str(recipe_file(raw, name="bad.yaml")), "--out", str(out)])
+    assert done.returncode == 1 and "differ in length" in done.stderr
+    assert len(ShardReader(out, "train")) == 2000
+    assert not list(tmp_path.glob(".data.*"))
