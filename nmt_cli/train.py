@@ -14,6 +14,7 @@ Ctrl-C or SIGTERM finishes the current update, writes `last.pt` and returns; a s
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import signal
 import time
@@ -388,14 +389,20 @@ def train(
         # Leave together: a process that exits while another still writes its checkpoint
         # closes the connections the other's process group is using.
         dist.barrier()
+        result = TrainResult(run_dir, trainer.step, trainer.best_bleu, trainer.best_step,
+                             time.perf_counter() - started, stopped_by)  # fmt: skip
+        # The DDP module refers to the process group (through reference cycles): free both
+        # now. Freed at interpreter exit instead, gloo's threads can no longer take the GIL
+        # and the process aborts (SIGABRT) after a successful run.
+        trainer = None
+        gc.collect()
+        return result
     except Exception as exc:
         if dist.enabled and distributed.is_collective_failure(exc):
             raise _lost_contact(dist, run_dir, exc) from None
         raise
     finally:
         distributed.stop(dist)
-    return TrainResult(run_dir, trainer.step, trainer.best_bleu, trainer.best_step,
-                       time.perf_counter() - started, stopped_by)  # fmt: skip
 
 
 def _lost_contact(dist: distributed.Distributed, run_dir: Path, exc: Exception) -> DistributedError:
