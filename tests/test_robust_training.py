@@ -1,26 +1,34 @@
-"""Training survives what goes wrong in long runs: fp16 overflow, NaN losses, divergence,
-and a kill -9 in the middle of writing a checkpoint."""
+"""Training and preprocessing survive what goes wrong in long runs: fp16 overflow, NaN
+losses, divergence, SIGTERM, a kill -9 in the middle of writing a checkpoint or shards, and a
+full disk."""
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from test_train import read_metrics
 
+from nmt_cli import checkpoint as checkpoint_module
 from nmt_cli import update
-from nmt_cli.checkpoint import load_checkpoint
+from nmt_cli.checkpoint import load_checkpoint, save_checkpoint
 from nmt_cli.config import TransformerModelConfig, config_from_dict
 from nmt_cli.data.batching import collate
-from nmt_cli.data.shards import ShardReader
+from nmt_cli.data.shards import ShardReader, ShardWriter
 from nmt_cli.distributed import Distributed
+from nmt_cli.errors import CheckpointError, DataError
 from nmt_cli.models import build_model
+from nmt_cli.preprocess import preprocess
 from nmt_cli.train import train
 from nmt_cli.update import Updater
 
@@ -281,3 +289,42 @@ def test_a_data_dir_caught_mid_swap_by_a_kill_is_put_back(
     assert done.returncode == 1 and "differ in length" in done.stderr
     assert len(ShardReader(out, "train")) == 2000
     assert not list(tmp_path.glob(".data.*"))
+
+
+def _no_space_left(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_enospc_while_saving_a_checkpoint_keeps_the_previous_one(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails with ENOSPC part-way (half the file on disk, then the error)."""
+    saved = load_checkpoint(checkpoint)
+    fields = {key: saved[key] for key in ("config", "model_state", "tokenizer", "step", "metrics")}
+    target = save_checkpoint(tmp_path / "last.pt", **fields)
+    good = target.read_bytes()
+
+    def half_then_full(payload, path) -> None:
+        Path(path).write_bytes(good[: len(good) // 2])
+        _no_space_left()
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", half_then_full)
+    with pytest.raises(CheckpointError, match="No space left on device") as caught:
+        save_checkpoint(target, **fields)
+    assert "the previous file is intact; free disk space" in str(caught.value)
+    assert target.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_enospc_while_writing_shards_keeps_the_previous_data_dir(
+    make_recipe, reverse_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "data"
+    shutil.copytree(reverse_data, out)
+    monkeypatch.setattr(ShardWriter, "_flush", _no_space_left)
+    with pytest.raises(DataError, match="No space left on device") as caught:
+        preprocess(config_from_dict(make_recipe()), out, show_progress=False)
+    assert "the previous data dir is intact; free disk space" in str(caught.value)
+    assert (out / "manifest.json").read_bytes() == (reverse_data / "manifest.json").read_bytes()
+    assert len(ShardReader(out, "train")) == len(ShardReader(reverse_data, "train"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
