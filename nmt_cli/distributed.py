@@ -7,8 +7,10 @@ each process reads its own slice of every update's batches. Rank 0 alone logs an
 checkpoints. Backends: NCCL between GPUs, gloo between CPU processes (which is how the test
 suite checks all of this on a laptop).
 
-`nmt train --nproc N` runs torchrun for one machine; several machines use torchrun's own
-rendezvous flags (see the README).
+`nmt train --nproc N` launches the processes of one machine as `torchrun --standalone` would
+(through its Python API); several machines use torchrun's own rendezvous flags (see the
+README). A process that dies or hangs makes the others fail their next collective, which
+`train` reports as one line instead of hanging.
 """
 
 from __future__ import annotations

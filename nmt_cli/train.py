@@ -391,11 +391,12 @@ def train(
         dist.barrier()
         result = TrainResult(run_dir, trainer.step, trainer.best_bleu, trainer.best_step,
                              time.perf_counter() - started, stopped_by)  # fmt: skip
-        # The DDP module refers to the process group (through reference cycles): free both
-        # now. Freed at interpreter exit instead, gloo's threads can no longer take the GIL
-        # and the process aborts (SIGABRT) after a successful run.
-        trainer = None
-        gc.collect()
+        if dist.enabled:
+            # The DDP module refers to the process group (through reference cycles): free
+            # both now. Freed at interpreter exit instead, gloo's threads can no longer take
+            # the GIL and the process aborts (SIGABRT) after a successful run.
+            trainer = None
+            gc.collect()
         return result
     except Exception as exc:
         if dist.enabled and distributed.is_collective_failure(exc):
@@ -405,7 +406,7 @@ def train(
         distributed.stop(dist)
 
 
-def _lost_contact(dist: distributed.Distributed, run_dir: Path, exc: Exception) -> DistributedError:
+def _lost_contact(dist: Distributed, run_dir: Path, exc: Exception) -> DistributedError:
     """The one-line error of a process whose peer died (or hung past the collective timeout)."""
     last = run_dir / "last.pt"
     then = (f"{last} is intact: continue with --resume {last}" if last.exists()
