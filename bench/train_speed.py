@@ -9,10 +9,13 @@ After training, both decode test_2016_flickr with beam 5 and report sacreBLEU.
 
 Speed is real target tokens per second (fairseq's `wps`), the mean over logging intervals
 after the first, which holds start-up; peak memory is the training process's maximum RSS
-(`/usr/bin/time -v`). `--peer fairseq` builds fairseq's venv with the workarounds in
-`../shared/peers/` (once, cached under --work) and trains it in the same run.
+(`/usr/bin/time -v`; with `--nproc 2`, the largest of the processes). `--nproc 2` trains
+with two DDP processes of one thread each on half of every batch (the same batch per
+update), which uses two cores better than one process with two threads. `--peer fairseq`
+builds fairseq's venv with the workarounds in `../shared/peers/` (once, cached under --work)
+and trains it in the same run.
 
-    python bench/train_speed.py --peer fairseq
+    python bench/train_speed.py --peer fairseq [--nproc 2]
     python bench/train_speed.py --steps 200            # nmt_cli alone, fixed number of updates
 """
 
@@ -45,7 +48,8 @@ LOG_EVERY = 20  # fairseq's --log-interval in the peer script
 console = Console(stderr=True)
 
 
-def protocol_recipe(data: Path, precision: str, seconds: float, steps: int) -> dict:
+def protocol_recipe(data: Path, precision: str, seconds: float, steps: int, nproc: int) -> dict:
+    """The protocol's settings; `nproc` processes split the cores and each batch between them."""
     split = lambda name: {"src": str(data / f"{name}.de.gz"), "tgt": str(data / f"{name}.en.gz")}  # noqa: E731
     return {
         "data": {
@@ -70,7 +74,7 @@ def protocol_recipe(data: Path, precision: str, seconds: float, steps: int) -> d
         },  # fmt: skip
         "train": {
             "seed": 1,
-            "batch_tokens": 4096,
+            "batch_tokens": 4096 // nproc,  # per process: the same batch per update
             "lr": 1e-3,
             "betas": [0.9, 0.98],
             "warmup_steps": 500,
@@ -82,7 +86,7 @@ def protocol_recipe(data: Path, precision: str, seconds: float, steps: int) -> d
             "log_every": LOG_EVERY,
             "keep_last": 1,
             "precision": precision,
-            "threads": THREADS,
+            "threads": THREADS // nproc,
         },  # fmt: skip
         "decode": {"beam": 5},
     }
@@ -100,10 +104,12 @@ def timed(command: list[str], env: dict[str, str], log: Path) -> int:
     return int(peak_kb.group(1)) * 1024
 
 
-def run_ours(work: Path, data: Path, precision: str, seconds: float, steps: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+def run_ours(work: Path, data: Path, precision: str, seconds: float, steps: int,
+             nproc: int) -> dict:  # fmt: skip
+    threads = THREADS // nproc
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     recipe = work / "nmt_cli.yaml"
-    recipe.write_text(yaml.safe_dump(protocol_recipe(data, precision, seconds, steps)))
+    recipe.write_text(yaml.safe_dump(protocol_recipe(data, precision, seconds, steps, nproc)))
     data_dir, run_dir = work / "nmt_cli-data", work / "nmt_cli-run"
     nmt = [sys.executable, "-m", "nmt_cli"]
     if not (data_dir / "manifest.json").exists():
@@ -112,9 +118,10 @@ def run_ours(work: Path, data: Path, precision: str, seconds: float, steps: int)
                        env=env, capture_output=True)  # fmt: skip
     shutil.rmtree(run_dir, ignore_errors=True)
     budget = f"{steps} updates" if steps else f"{seconds:.0f} s"
-    console.print(f"nmt_cli: training for {budget} ({precision}, {THREADS} threads)")
+    console.print(f"nmt_cli: training for {budget} ({precision}, {nproc} x {threads} threads)")
     peak = timed([*nmt, "train", str(recipe), "--data", str(data_dir), "--out", str(run_dir),
-                  "--device", "cpu", "--json"], env, work / "nmt_cli-train.log")  # fmt: skip
+                  "--device", "cpu", "--json", "--nproc", str(nproc)], env,
+                 work / "nmt_cli-train.log")  # fmt: skip
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tok_per_s"] for r in records if "tok_per_s" in r]
     console.print("nmt_cli: decoding test_2016_flickr, beam 5")
@@ -130,7 +137,8 @@ def run_ours(work: Path, data: Path, precision: str, seconds: float, steps: int)
     return {
         "toolkit": "nmt_cli",
         "precision": resolve_precision(precision, torch.device("cpu")),
-        "threads": THREADS,
+        "processes": nproc,
+        "threads": threads,
         "updates": records[-1]["step"] if records else 0,
         "tok_per_s": statistics.mean(rates[1:] or rates),
         "peak_rss_gb": peak / 1e9,
@@ -156,6 +164,7 @@ def run_peer(name: str, work: Path, data: Path, seconds: float) -> dict:
     return {
         "toolkit": name,
         "precision": "fp32",
+        "processes": 1,
         "threads": THREADS,
         "updates": int(updates[-1]) if updates else 0,
         "tok_per_s": statistics.mean(rates[1:] or rates),
@@ -172,6 +181,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=360.0, help="training budget")
     parser.add_argument("--steps", type=int, default=0, help="updates instead of --seconds")
     parser.add_argument("--precision", default="auto", help="nmt_cli's train.precision")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        choices=(1, 2),
+        help="nmt_cli's training processes (DDP over gloo), sharing the cores",
+    )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     if args.steps and args.peer:
@@ -179,19 +195,22 @@ def main() -> None:
     work, data = args.work.resolve(), args.data.resolve()
     work.mkdir(parents=True, exist_ok=True)
     seconds = 0.0 if args.steps else args.seconds
-    rows = [run_ours(work, data, args.precision, seconds, args.steps)]
+    rows = [run_ours(work, data, args.precision, seconds, args.steps, args.nproc)]
     rows += [run_peer(name, work, data, args.seconds) for name in args.peer]
     fastest_peer = max((r["tok_per_s"] for r in rows[1:]), default=None)
     ratio = rows[0]["tok_per_s"] / fastest_peer if fastest_peer else None
     if args.json:
         print(json.dumps({"rows": rows, "speed_ratio_vs_fastest_peer": ratio}))
         return
-    table = Table(title=f"Multi30k De-En Transformer training ({THREADS} threads, CPU)")
-    for column in ("toolkit", "precision", "updates", "target tok/s", "peak RSS GB", "BLEU"):
+    table = Table(title=f"Multi30k De-En Transformer training ({THREADS} cores, CPU)")
+    columns = ("toolkit", "precision", "processes x threads", "updates", "target tok/s",
+               "peak RSS GB (per process)", "BLEU")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column == "toolkit" else "right")
     for r in rows:
-        table.add_row(r["toolkit"], r["precision"], str(r["updates"]), f"{r['tok_per_s']:,.0f}",
-                      f"{r['peak_rss_gb']:.2f}", f"{r['bleu']:.1f}")  # fmt: skip
+        table.add_row(r["toolkit"], r["precision"], f"{r['processes']} x {r['threads']}",
+                      str(r["updates"]), f"{r['tok_per_s']:,.0f}", f"{r['peak_rss_gb']:.2f}",
+                      f"{r['bleu']:.1f}")  # fmt: skip
     Console().print(table)
     if ratio is not None:
         Console().print(f"speed ratio nmt_cli / fastest peer: {ratio:.2f}")

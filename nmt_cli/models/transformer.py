@@ -18,12 +18,14 @@ sentence), so each `step` costs one position rather than the whole prefix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nmt_cli.config import TransformerModelConfig
 from nmt_cli.models.state import DecoderState
@@ -150,10 +152,11 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
     ) -> torch.Tensor:
         """q [B, h, T, d_h], k/v [B, h, S, d_h], mask [B, 1, 1, S] -> [B, T, D]."""
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # fmt: skip
+        with _attention_kernel(q):
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal,
+                dropout_p=self.dropout if self.training else 0.0,
+            )  # fmt: skip
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def attend_with_weights(
@@ -164,6 +167,19 @@ class MultiHeadAttention(nn.Module):
         weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
         out = (weights @ v).transpose(1, 2).flatten(2)
         return self.out_proj(out), weights.mean(dim=1)
+
+
+def _attention_kernel(q: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The attention kernel for this call: PyTorch picks one, except when training on CPU.
+
+    There, its fused (flash) kernel has a slow backward pass, and the plain matmul-softmax-
+    matmul path is 2.4x faster forward + backward (7.2 against 17.1 ms for 120 sentences x 4
+    heads x 28 positions under bf16 autocast, 2 threads) and made a Multi30k Transformer
+    train ~20% faster. Decoding (no gradient) keeps the fused kernel, which is faster there.
+    """
+    if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 class FeedForward(nn.Sequential):
