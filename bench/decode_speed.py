@@ -14,9 +14,11 @@ the process (`/usr/bin/time -v`), and sacreBLEU. The engines, in one run:
   fairseq                 (--peer fairseq) fairseq-generate on the Transformer of the same size
                           that `bench/train_speed.py --peer fairseq` trained
 
-Every engine gets the same cores; the thread settings are printed with the figures. With
-`--rss-lines N` it also pipes an N-line input (the test set repeated) through `nmt translate`
-and reports its peak RSS: memory must not grow with the input, which is streamed.
+Every engine gets the same cores; the thread settings are printed with the figures. Our
+decoder batches `--batch-tokens` source tokens (default 1500, what new recipes store; the
+fastest on 2 cores, and bigger batches also cost memory). With `--rss-lines N` it also pipes
+an N-line input (the test set repeated) through `nmt translate` and reports its peak RSS:
+memory must not grow with the input, which is streamed.
 
     python bench/decode_speed.py runs/multi30k-transformer/avg.pt --peer fairseq
 """
@@ -38,6 +40,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from nmt_cli.config import DecodeConfig
 from nmt_cli.runtime import resolve_precision
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,7 +65,8 @@ def worker(args: argparse.Namespace) -> None:
         from nmt_cli.translate import Translator
 
         translator = Translator.from_checkpoint(
-            args.model, torch.device("cpu"), {"beam": BEAM}, quantize=args.quantize,
+            args.model, torch.device("cpu"), {"beam": BEAM, "batch_tokens": args.batch_tokens},
+            quantize=args.quantize,
             precision=args.dtype,
         )  # fmt: skip
         if args.uncached:
@@ -109,6 +113,7 @@ def bleu(hyp: Path, ref: Path) -> float:
 
 
 def run_engine(name: str, engine: str, model: Path, work: Path, test: Path, *extra: str) -> dict:
+    """Decode the test set with one engine in a fresh process; its figures."""
     console.print(f"{name}: decoding test_2016_flickr, beam {BEAM}")
     out = work / f"{name.replace(' ', '-')}.en"
     command = [sys.executable, __file__, "worker", "--engine", engine, "--model", str(model),
@@ -122,7 +127,7 @@ def run_engine(name: str, engine: str, model: Path, work: Path, test: Path, *ext
         "threads": threads,
         "tok_per_s": figures["tokens"] / figures["decode_s"],
         "sent_per_s": figures["sentences"] / figures["decode_s"],
-        "peak_rss_mb": peak / 2**20,
+        "peak_rss_mib": peak / 2**20,
         "bleu": bleu(out, test / "test.en"),
     }
 
@@ -161,12 +166,12 @@ def run_fairseq(work: Path, data: Path, test: Path) -> dict:
         "threads": f"intra {THREADS}",
         "tok_per_s": tokens / seconds,
         "sent_per_s": sentences / seconds,
-        "peak_rss_mb": int(peak.group(1)) / 1024,
+        "peak_rss_mib": int(peak.group(1)) / 1024,
         "bleu": bleu(peer / "hyp.en", test / "test.en"),
     }
 
 
-def streamed_rss(checkpoint: Path, work: Path, test: Path, lines: int) -> dict:
+def streamed_rss(checkpoint: Path, work: Path, test: Path, lines: int, batch_tokens: int) -> dict:
     """Peak RSS of `nmt translate` on an N-line input: the test set, repeated."""
     console.print(f"nmt_cli: translating {lines:,} lines through one process (peak RSS)")
     source = (test / "test.de").read_text(encoding="utf-8").splitlines()
@@ -177,9 +182,10 @@ def streamed_rss(checkpoint: Path, work: Path, test: Path, lines: int) -> dict:
     started = time.perf_counter()
     _, peak = timed([sys.executable, "-m", "nmt_cli", "translate", str(checkpoint), "--input",
                      str(big), "--output", str(work / "big.en"), "--beam", str(BEAM),
-                     "--threads", str(THREADS), "--device", "cpu"],
+                     "--threads", str(THREADS), "--device", "cpu", "--batch-tokens",
+                     str(batch_tokens)],
                     work / "big.log")  # fmt: skip
-    return {"lines": lines, "peak_rss_mb": peak / 2**20, "seconds": time.perf_counter() - started}
+    return {"lines": lines, "peak_rss_mib": peak / 2**20, "seconds": time.perf_counter() - started}
 
 
 def main() -> None:
@@ -193,6 +199,7 @@ def main() -> None:
         w.add_argument("--quantize")
         w.add_argument("--dtype", default="fp32")
         w.add_argument("--uncached", action="store_true", help="recompute the prefix each step")
+        w.add_argument("--batch-tokens", type=int, default=DecodeConfig().batch_tokens)
         worker(w.parse_args(sys.argv[2:]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -203,6 +210,10 @@ def main() -> None:
     )
     parser.add_argument("--peer", choices=["fairseq"], action="append", default=[])
     parser.add_argument("--rss-lines", type=int, default=0, help="also stream this many lines")
+    parser.add_argument(
+        "--batch-tokens", type=int, default=DecodeConfig().batch_tokens,
+        help="our decoder's source tokens per decoding batch (default: a new recipe's)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     work, data = args.work.resolve(), args.data.resolve()
@@ -213,28 +224,31 @@ def main() -> None:
             gzip.decompress((data / f"test_2016_flickr.{lang}.gz").read_bytes())
         )
     ckpt = args.checkpoint.resolve()
+    ours = ("--batch-tokens", str(args.batch_tokens))
     rows = [
-        run_engine("nmt_cli fp32", "torch", ckpt, work, test),
-        run_engine("nmt_cli int8", "torch", ckpt, work, test, "--quantize", "int8"),
-        run_engine("nmt_cli fp32 uncached", "torch", ckpt, work, test, "--uncached"),
+        run_engine("nmt_cli fp32", "torch", ckpt, work, test, *ours),
+        run_engine("nmt_cli int8", "torch", ckpt, work, test, *ours, "--quantize", "int8"),
+        run_engine("nmt_cli fp32 uncached", "torch", ckpt, work, test, *ours, "--uncached"),
     ]
     if resolve_precision("auto", torch.device("cpu")) == "bf16":  # native bf16 units only
-        rows.append(run_engine("nmt_cli bf16", "torch", ckpt, work, test, "--dtype", "bf16"))
+        rows.append(run_engine("nmt_cli bf16", "torch", ckpt, work, test, *ours, "--dtype", "bf16"))
     for quantize, label in (("none", "f32"), ("int8", "int8")):
         model = export(ckpt, work / f"ct2-{label}", quantize)
         rows.append(run_engine(f"ctranslate2 {label}", "ctranslate2", model, work, test))
     if "fairseq" in args.peer:
         rows.append(run_fairseq(work, data, test))
-    stream = streamed_rss(ckpt, work, test, args.rss_lines) if args.rss_lines else None
+    stream = None
+    if args.rss_lines:
+        stream = streamed_rss(ckpt, work, test, args.rss_lines, args.batch_tokens)
     if args.json:
         print(json.dumps({"rows": rows, "streamed": stream}))
         return
     table = Table(title=f"Multi30k test_2016_flickr, beam {BEAM}, CPU, {THREADS} cores each")
-    for column in ("engine", "threads", "target tok/s", "sent/s", "peak RSS MB", "BLEU"):
+    for column in ("engine", "threads", "target tok/s", "sent/s", "peak RSS MiB", "BLEU"):
         table.add_column(column, justify="left" if column in ("engine", "threads") else "right")
     for r in rows:
         table.add_row(r["engine"], r["threads"], f"{r['tok_per_s']:,.0f}", f"{r['sent_per_s']:.1f}",
-                      f"{r['peak_rss_mb']:,.0f}", f"{r['bleu']:.2f}")  # fmt: skip
+                      f"{r['peak_rss_mib']:,.0f}", f"{r['bleu']:.2f}")  # fmt: skip
     out = Console()
     out.print(table)
     by_name = {r["engine"]: r for r in rows}
@@ -249,7 +263,7 @@ def main() -> None:
     out.print(f"nmt_cli int8 / ctranslate2 int8: {ratio:.2f}x tokens/s")
     if stream:
         out.print(f"streamed {stream['lines']:,} lines in {stream['seconds']:.0f} s, "
-                  f"peak RSS {stream['peak_rss_mb']:,.0f} MB")  # fmt: skip
+                  f"peak RSS {stream['peak_rss_mib']:,.0f} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":
