@@ -101,7 +101,9 @@ def train(
         args += ["--resume", str(resume)] if resume else []
         args += [arg for value in set_ or [] for arg in ("--set", value)]
         args += ["--json"] if json_ else []
-        raise typer.Exit(launch(nproc, args, out))
+        with user_errors():
+            exit_code = launch(nproc, args, out)
+        raise typer.Exit(exit_code)
     with user_errors():
         result = run_train(load_config(recipe, set_ or []), data, out, resume=resume, device=device)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all

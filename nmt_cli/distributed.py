@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
+from nmt_cli.errors import DistributedError
+
 
 @dataclasses.dataclass(frozen=True)
 class Distributed:
@@ -120,13 +122,22 @@ def collective_failure_reason(exc: BaseException) -> str:
     return re.sub(r"^\[[^\]]*\]\s*", "", first_line).split(". ")[0]
 
 
+def resume_advice(run_dir: Path) -> str:
+    """What to do after a run stopped in the middle: resume from last.pt, if it was written."""
+    last = run_dir / "last.pt"
+    if last.exists():
+        return f"{last} is intact: continue with --resume {last}"
+    return "no checkpoint was written yet: start the run again"
+
+
 def stop(dist: Distributed) -> None:
     if dist.enabled and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
 
 
 def launch(nproc: int, nmt_args: Sequence[str], run_dir: Path) -> int:
-    """Run `nmt <nmt_args>` in `nproc` processes on this machine; their exit code.
+    """Run `nmt <nmt_args>` in `nproc` processes on this machine; their exit code, or a
+    `DistributedError` naming a process that was killed.
 
     What `torchrun --standalone --nproc_per_node N -m nmt_cli ...` does, through its Python
     API, so that a failure reads as one line instead of the launcher's report. When one
@@ -150,16 +161,10 @@ def launch(nproc: int, nmt_args: Sequence[str], run_dir: Path) -> int:
         rank, failure = exc.get_first_failure()
         if failure.exitcode >= 0:
             return failure.exitcode  # 1: it printed its error; 130: interrupted
-        from nmt_cli.console import console
-
-        last = run_dir / "last.pt"
-        console.print(
-            f"[bold red]error:[/] training process {rank} was killed ({failure.signal_name()}) "
-            f"and the others were stopped; "
-            + (f"continue with --resume {last}" if last.exists() else "start the run again"),
-            highlight=False, soft_wrap=True,
-        )  # fmt: skip
-        return 1
+        raise DistributedError(
+            f"training process {rank} was killed ({failure.signal_name()}) and the others "
+            f"were stopped; {resume_advice(run_dir)}"
+        ) from None
     except SignalException:
         return 130  # the processes have saved last.pt and said how to resume
     return 0

@@ -88,17 +88,14 @@ def preprocess(cfg: Config, out_dir: Path, show_progress: bool = True) -> Prepro
         with bars:
             pairs, stats, vocab = _build(cfg, work, bars)
         _move_into_place(work, out_dir)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
-        if exc.errno not in _DISK_FULL:
-            raise
-        kept = "the previous data dir is intact" if out_dir.exists() else "nothing was written"
-        raise DataError(
-            f"could not write {out_dir} ({exc.strerror}): {kept}; free disk space or choose "
-            "another --out"
-        ) from None
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            kept = "the previous data dir is intact" if out_dir.exists() else "nothing was written"
+            raise DataError(
+                f"could not write {out_dir} ({exc.strerror}): {kept}; free disk space or choose "
+                "another --out"
+            ) from None
         raise
     return PreprocessResult(out_dir, pairs, stats, vocab, time.perf_counter() - start)
 

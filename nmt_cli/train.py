@@ -408,11 +408,8 @@ def train(
 
 def _lost_contact(dist: Distributed, run_dir: Path, exc: Exception) -> DistributedError:
     """The one-line error of a process whose peer died (or hung past the collective timeout)."""
-    last = run_dir / "last.pt"
-    then = (f"{last} is intact: continue with --resume {last}" if last.exists()
-            else "no checkpoint was written yet: start the run again")  # fmt: skip
     return DistributedError(
         f"training process {dist.rank} lost contact with the others "
         f"({distributed.collective_failure_reason(exc)}): one of them died or hung (see its "
-        f"log, or raise train.collective_timeout); {then}"
+        f"log, or raise train.collective_timeout); {distributed.resume_advice(run_dir)}"
     )

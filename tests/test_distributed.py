@@ -141,17 +141,21 @@ def _assert_resumable(run_nmt, recipe: Path, data: Path, out: Path) -> None:
     assert load_checkpoint(out / "last.pt")["step"] == step + 5
 
 
+def _error_lines(done: Completed) -> list[str]:
+    """The `error:` lines of a run that failed without a traceback."""
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return [line for line in done.stderr.splitlines() if line.startswith("error:")]
+
+
 def test_a_killed_process_stops_the_others_with_one_line_errors(
     runs, reverse_data: Path, tmp_path: Path, run_nmt
 ) -> None:
     run = LongDDPRun(runs["ddp_recipe"], reverse_data, tmp_path / "run")
     run.wait_for_checkpoint()
     os.kill(run.rank_pid(1), signal.SIGKILL)
-    done = run.finish()
-    assert done.returncode == 1
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2, done.stderr[-3000:]
+    errors = _error_lines(run.finish())
+    assert len(errors) == 2, errors
     assert errors[0].startswith("error: training process 0 lost contact with the others")
     assert errors[1].startswith("error: training process 1 was killed (SIGKILL)")
     assert f"--resume {tmp_path / 'run' / 'last.pt'}" in errors[1]
@@ -165,11 +169,8 @@ def test_a_hung_process_times_out_instead_of_hanging(
                      "--set", "train.collective_timeout=5")  # fmt: skip
     run.wait_for_checkpoint()
     os.kill(run.rank_pid(1), signal.SIGSTOP)  # alive, but answers nothing
-    done = run.finish()
-    assert done.returncode == 1
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, done.stderr[-3000:]
+    errors = _error_lines(run.finish())
+    assert len(errors) == 1, errors
     assert errors[0].startswith("error: training process 0 lost contact with the others")
     assert "Timed out" in errors[0] and "train.collective_timeout" in errors[0]
     load_checkpoint(tmp_path / "run" / "last.pt")

@@ -177,12 +177,26 @@ def test_sigterm_writes_last_pt_and_exits_cleanly(
     assert load_checkpoint(run / "last.pt")["step"] == last["step"] + 2
 
 
+def _last_error_on_a_small_disk(args: list[str], limit: int) -> str:
+    """Run `nmt ARGS` where writing a file past `limit` bytes fails as on a full disk (EFBIG
+    instead of ENOSPC; Python ignores SIGXFSZ); it must exit 1 without a traceback. Returns
+    the last stderr line, after any progress lines."""
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "nmt_cli", *args], capture_output=True,
+                          preexec_fn=small_disk)  # fmt: skip
+    stderr = done.stderr.decode()
+    assert done.returncode == 1 and "Traceback" not in stderr, stderr
+    return stderr.strip().splitlines()[-1]
+
+
 def test_a_full_disk_is_a_one_line_error_and_last_pt_survives(
     make_recipe, recipe_file, reverse_data: Path, tmp_path: Path, run_nmt
 ) -> None:
-    """Writes past a file-size limit fail like a full disk (EFBIG instead of ENOSPC; Python
-    ignores SIGXFSZ): training stops with one line naming the fix, and the previous
-    checkpoint is byte-for-byte intact."""
+    """Checkpoints that outgrow a file-size limit: training stops with one line naming the
+    fix, and the previous checkpoint is byte-for-byte intact."""
     run = tmp_path / "run"
     recipe = recipe_file(make_recipe(train={"max_steps": 2, "valid_every": 2}))
     args = ["train", str(recipe), "--data", str(reverse_data), "--out", str(run), "--device",
@@ -190,17 +204,10 @@ def test_a_full_disk_is_a_one_line_error_and_last_pt_survives(
     assert run_nmt(args).returncode == 0
     good = (run / "last.pt").read_bytes()
     limit = len(good) // 2  # checkpoints no longer fit; the small logs still do
-
-    def small_disk() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    done = subprocess.run([sys.executable, "-m", "nmt_cli", *args, "--resume", str(run / "last.pt"),
-                           "--set", "train.max_steps=4"], capture_output=True,
-                          preexec_fn=small_disk)  # fmt: skip
-    stderr = done.stderr.decode()
-    assert done.returncode == 1, stderr
-    error = stderr.strip().splitlines()[-1]  # after the progress lines
-    assert "Traceback" not in stderr and error.startswith("error: could not write"), stderr
+    error = _last_error_on_a_small_disk(
+        [*args, "--resume", str(run / "last.pt"), "--set", "train.max_steps=4"], limit
+    )
+    assert error.startswith("error: could not write"), error
     assert "previous file is intact; free disk space" in error
     assert (run / "last.pt").read_bytes() == good
     assert not list(run.glob(".*.tmp-*"))
@@ -251,17 +258,10 @@ def test_a_full_disk_during_preprocess_is_one_line_and_keeps_the_data_dir(
                     str(out)]).returncode == 0  # fmt: skip
     manifest = (out / "manifest.json").read_bytes()
     limit = 1 << 20  # the 2,000-pair data fits; shards of 100,000 pairs do not
-
-    def small_disk() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    done = subprocess.run([sys.executable, "-m", "nmt_cli", "preprocess",
-                           str(_copy_task_recipe(recipe_file, 100_000)), "--out", str(out)],
-                          capture_output=True, preexec_fn=small_disk)  # fmt: skip
-    stderr = done.stderr.decode()
-    assert done.returncode == 1, stderr
-    error = stderr.strip().splitlines()[-1]
-    assert "Traceback" not in stderr and error.startswith(f"error: could not write {out}"), stderr
+    error = _last_error_on_a_small_disk(
+        ["preprocess", str(_copy_task_recipe(recipe_file, 100_000)), "--out", str(out)], limit
+    )
+    assert error.startswith(f"error: could not write {out}"), error
     assert "the previous data dir is intact; free disk space" in error
     assert (out / "manifest.json").read_bytes() == manifest
     assert len(ShardReader(out, "train")) == 2000
