@@ -212,7 +212,7 @@ class TrainConfig:
     decay: str = "inverse_sqrt"  # inverse_sqrt | linear | constant
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
-    valid_every: int = 1000
+    valid_every: int = 1000  # 0: never validate (last.pt is still written at the end)
     log_every: int = 50
     keep_last: int = 3
     patience: int = 10
@@ -349,9 +349,11 @@ def validate(cfg: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-    for key in ("batch_tokens", "accum_steps", "max_bad_updates"):
+    for key in ("batch_tokens", "accum_steps", "max_bad_updates", "log_every"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+    if cfg.train.valid_every < 0:
+        raise ConfigError(f"train.valid_every must be >= 0 (0: never), got {cfg.train.valid_every}")
     validate_decode(cfg.decode)
 
 

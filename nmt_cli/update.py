@@ -44,8 +44,9 @@ class UpdateOutcome:
 
 def token_loss(
     model: torch.nn.Module, batch, *, label_smoothing: float, device, precision: str
-) -> tuple[torch.Tensor, int]:
-    """Summed (label-smoothed) cross-entropy over a batch's real target tokens, and their count."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed (label-smoothed) cross-entropy over a batch's real target tokens, and their count
+    (a tensor on the batch's device: reading it would make the CPU wait for the GPU)."""
     src, src_mask, tgt_in, tgt_out = batch
     with autocast(device, precision):
         logits = model(src, src_mask, tgt_in)  # [B, T, V]
@@ -56,7 +57,7 @@ def token_loss(
         label_smoothing=label_smoothing,
         reduction="sum",
     )
-    return loss, int((tgt_out != PAD).sum())
+    return loss, (tgt_out != PAD).sum()
 
 
 class Updater:
@@ -86,8 +87,9 @@ class Updater:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
+        # Summed on the device and read once per update: one wait for the GPU, not one per batch.
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        tokens = 0
+        tokens = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # DDP all-reduces gradients in backward; only the last micro-batch needs it.
@@ -100,7 +102,7 @@ class Updater:
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach().double()
             tokens += count
-        totals = torch.stack([loss_sum, torch.full_like(loss_sum, tokens)])
+        totals = torch.stack([loss_sum, tokens])
         self.dist.all_reduce_sum(totals)
         total_loss, total_tokens = totals.tolist()
         nonfinite = not math.isfinite(total_loss)
@@ -121,9 +123,8 @@ class Updater:
         """Unscale, normalise and clip the gradients, then step; returns (applied, overflow)."""
         self.scaler.unscale_(self.optimizer)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(grad_multiplier)
+        grads = [p.grad for p in params if p.grad is not None]
+        torch._foreach_mul_(grads, grad_multiplier)  # one kernel for all, not one each
         if self.clip_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
         else:

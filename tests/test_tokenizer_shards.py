@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from nmt_cli.config import TokenizerConfig
+from nmt_cli.data.batching import pad_rows
 from nmt_cli.data.shards import (
     FORMAT,
     ShardReader,
@@ -105,6 +106,13 @@ def test_shard_round_trip(tmp_path: Path, vocab_size: int) -> None:
     for i in range(3):
         s, t = reader.pair(i)
         assert s.dtype == np.int64 and s.tolist() == src[i] and t.tolist() == tgt[i]
+    # A batch gathered at once equals the pairs read one by one and padded (empty src 1 too).
+    for indices in ([2, 0, 1], [1], [1, 1, 2]):
+        for side, sentences in (("src", src), ("tgt", tgt)):
+            rows, lengths = reader.padded(side, indices)
+            expected_rows, expected_lengths = pad_rows([sentences[i] for i in indices])
+            assert rows.tolist() == expected_rows.tolist()
+            assert lengths.tolist() == expected_lengths.tolist()
 
 
 def test_empty_split_reads(tmp_path: Path) -> None:

@@ -316,6 +316,26 @@ def test_max_seconds_stops_with_a_checkpoint(
     assert [v["step"] for v in valids] == [result.steps]  # validated at the stop
 
 
+def test_valid_every_zero_trains_without_validating(
+    make_recipe, reverse_data: Path, tmp_path: Path
+) -> None:
+    raw = make_recipe(train={"max_steps": 4, "log_every": 2, "valid_every": 0})
+    result = train(config_from_dict(raw), reverse_data, tmp_path / "run", device="cpu",
+                   show_progress=False)  # fmt: skip
+    assert (result.stopped_by, result.steps, result.best_bleu) == ("max_steps", 4, None)
+    logs, valids = read_metrics(tmp_path / "run")
+    assert sorted(logs) == [2, 4] and valids == []
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 4
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("setting", ["log_every=0", "valid_every=-1"])
+def test_intervals_out_of_range_are_config_errors(make_recipe, setting: str) -> None:
+    key, value = setting.split("=")
+    with pytest.raises(ConfigError, match=f"train.{key} must be >= "):
+        config_from_dict(make_recipe(train={key: int(value)}))
+
+
 def test_tensorboard_gets_the_logged_scalars(
     make_recipe, reverse_data: Path, tmp_path: Path
 ) -> None:

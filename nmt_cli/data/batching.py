@@ -49,33 +49,63 @@ def make_batches(
     return batches[rank:usable:world_size]
 
 
+def pad_rows(sentences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sentences as the rows of a PAD-filled int64 matrix one column wider than the longest
+    (room for EOS), and their lengths: what `ShardReader.padded` gives for a stored batch."""
+    lengths = np.array([len(s) for s in sentences], dtype=np.int64)
+    rows = np.full((len(sentences), int(lengths.max()) + 1), PAD, dtype=np.int64)
+    for b, sentence in enumerate(sentences):
+        rows[b, : len(sentence)] = sentence
+    return rows, lengths
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`. To a GPU it goes through pinned memory without waiting, so
+    the CPU goes on preparing work while the GPU still runs the previous update."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def with_eos(rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Padded rows (one spare column) with EOS after each sentence, as a new array."""
+    rows = rows.copy()
+    rows[np.arange(len(rows)), lengths] = EOS
+    return rows
+
+
 def collate_sources(
     sources: Sequence[Sequence[int]], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad source ids + EOS: src [B, S] and src_mask [B, S] (True on real tokens)."""
-    S = max(len(s) for s in sources) + 1
-    src = np.full((len(sources), S), PAD, dtype=np.int64)
-    for b, s in enumerate(sources):
-        src[b, : len(s)] = s
-        src[b, len(s)] = EOS
-    src_t = torch.from_numpy(src).to(device)
-    return src_t, src_t != PAD
+    src = to_device(with_eos(*pad_rows(sources)), device)
+    return src, src != PAD
+
+
+def collate_padded(
+    src_rows: np.ndarray,
+    src_lengths: np.ndarray,
+    tgt_rows: np.ndarray,
+    tgt_lengths: np.ndarray,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch from padded rows (see `pad_rows`): src + EOS, BOS + tgt (decoder input), tgt +
+    EOS (what it must predict).
+
+    Returns src [B, S], src_mask [B, S], tgt_in [B, T], tgt_out [B, T].
+    """
+    src = to_device(with_eos(src_rows, src_lengths), device)
+    tgt_out = with_eos(tgt_rows, tgt_lengths)
+    bos = np.full((len(tgt_rows), 1), BOS, dtype=np.int64)
+    tgt_in = np.concatenate([bos, tgt_rows[:, :-1]], axis=1)
+    return src, src != PAD, to_device(tgt_in, device), to_device(tgt_out, device)
 
 
 def collate(
     pairs: Sequence[tuple[np.ndarray, np.ndarray]], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad a batch: src + EOS, BOS + tgt (decoder input), tgt + EOS (what it must predict).
-
-    Returns src [B, S], src_mask [B, S], tgt_in [B, T], tgt_out [B, T].
-    """
-    src, src_mask = collate_sources([s for s, _ in pairs], device)
-    T = max(len(t) for _, t in pairs) + 1
-    tgt_in = np.full((len(pairs), T), PAD, dtype=np.int64)
-    tgt_out = np.full((len(pairs), T), PAD, dtype=np.int64)
-    for b, (_, t) in enumerate(pairs):
-        tgt_in[b, 0] = BOS
-        tgt_in[b, 1 : len(t) + 1] = t
-        tgt_out[b, : len(t)] = t
-        tgt_out[b, len(t)] = EOS
-    return src, src_mask, torch.from_numpy(tgt_in).to(device), torch.from_numpy(tgt_out).to(device)
+    """`collate_padded` for a list of (source ids, target ids) pairs."""
+    return collate_padded(
+        *pad_rows([s for s, _ in pairs]), *pad_rows([t for _, t in pairs]), device
+    )

@@ -8,8 +8,8 @@ the attention of the RNN seq2seq plays. Word order enters only through sinusoida
 encodings added to the embeddings.
 
 Each attention is multi-head: queries, keys and values are projected into `heads` smaller
-spaces, attended in parallel (`scaled_dot_product`: PyTorch's flash / memory-efficient
-kernels on GPU, whichever route is faster on CPU) and concatenated back.
+spaces, attended in parallel (`scaled_dot_product`: PyTorch's fused or math attention,
+whichever is faster for the device and the sentence length) and concatenated back.
 
 Incremental decoding keeps, per decoder layer, the keys and values of the words produced so
 far (the self-attention cache) and the projected encoder keys and values (computed once per
@@ -173,6 +173,10 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     return scores.float().softmax(dim=-1)
 
 
+# Eager training on a GPU attends over at most this many keys with the math path (below).
+MATH_TRAINING_MAX_KEYS = 64
+
+
 def scaled_dot_product(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -183,18 +187,31 @@ def scaled_dot_product(
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(d_h)) v over the unmasked keys, by the fastest route where it runs.
 
-    On GPU, PyTorch's fused kernels. On CPU they are slow in two places, measured on 2 cores:
-    - training: the fused (flash) kernel's backward pass; PyTorch's math path is 2.4x faster
-      forward + backward (7.2 against 17.1 ms for 120 sentences x 4 heads x 28 positions
-      under bf16 autocast) and made a Multi30k Transformer train ~20% faster;
-    - decoding (no gradient, no causal mask, no dropout): the few query positions of a step;
-      three plain ops are 1.3-3.5x faster (a 5-hypothesis beam's cross-attention over 20
-      source words for 100 sentences: 0.20 against 0.70 ms).
+    PyTorch's fused kernels, except where they are slow (`bench/attention_kernels.py`):
+    - training on CPU: the fused (flash) kernel's backward pass; PyTorch's math path (two
+      batched matrix products around a softmax) is 2.4x faster forward + backward (7.2
+      against 17.1 ms for 120 sentences x 4 heads x 28 positions under bf16 autocast, 2
+      cores) and made a Multi30k Transformer train ~20% faster;
+    - eager training on GPU over short sentences: with the math path a Transformer-base
+      trained 13% faster on Multi30k (H200, bf16, 25,000-token batches: 320,679 against
+      283,634 target tokens/s). Alone, at one fixed shape, the fused kernels are faster at
+      every length; inside training the update is CPU-bound (the GPU was busy 49 of ~90 ms
+      per update) and every batch has a new shape; which of these costs the fused kernels
+      more is not established. Under torch.compile the fused kernels stay: inductor was
+      still compiling the math path after 200 s, where a whole 100-update run with the
+      fused kernels took 180 s;
+    - decoding on CPU (no gradient, no causal mask, no dropout): the few query positions of
+      a step; three plain ops are 1.3-3.5x faster (a 5-hypothesis beam's cross-attention
+      over 20 source words for 100 sentences: 0.20 against 0.70 ms).
     """
-    if q.device.type == "cpu" and not torch.is_grad_enabled() and not causal and not dropout:
+    on_cpu, training = q.device.type == "cpu", torch.is_grad_enabled()
+    if on_cpu and not training and not causal and not dropout:
         return attention_weights(q, k, mask).to(v.dtype) @ v
+    short_in_eager_gpu_training = (
+        not on_cpu and k.size(-2) <= MATH_TRAINING_MAX_KEYS and not torch.compiler.is_compiling()
+    )
     kernel = contextlib.nullcontext()
-    if q.device.type == "cpu" and torch.is_grad_enabled():
+    if training and (on_cpu or short_in_eager_gpu_training):
         kernel = sdpa_kernel(SDPBackend.MATH)
     with kernel:
         return F.scaled_dot_product_attention(
