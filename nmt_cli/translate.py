@@ -27,6 +27,7 @@ from nmt_cli.errors import CheckpointError, ConfigError, DataError
 from nmt_cli.models import build_model
 from nmt_cli.models.ensemble import Ensemble
 from nmt_cli.models.ntm import MemoryTrace, NTMSeq2Seq
+from nmt_cli.prepack import can_prepack, prepack_linear
 from nmt_cli.quantize import quantize_int8
 from nmt_cli.runtime import autocast, resolve_precision
 
@@ -106,6 +107,12 @@ class Translator:
                     "use --dtype bf16 or fp16 on a GPU"
                 )
             model = quantize_int8(model)
+        elif (
+            device.type == "cpu"
+            and resolve_precision(precision, device) == "fp32"
+            and can_prepack()
+        ):
+            model = prepack_linear(model)
         model.to(device).eval()
         decode = dataclasses.replace(cfg.decode, **(decode_overrides or {}))
         validate_decode(decode)

@@ -21,6 +21,7 @@ from nmt_cli.decode.sampling import reshape_distribution
 from nmt_cli.errors import CheckpointError
 from nmt_cli.models import build_model
 from nmt_cli.models.uncached import Uncached
+from nmt_cli.prepack import PackedLinear, prepack_linear
 from nmt_cli.quantize import quantize_int8
 from nmt_cli.translate import Translator
 
@@ -54,9 +55,10 @@ def random_model(kind: str) -> torch.nn.Module:
 # --- batch invariance -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("prepacked", [False, True])
 @pytest.mark.parametrize("kind", ["transformer", "rnn"])
-def test_a_sentence_translates_alike_in_batches_of_1_7_and_64(kind: str) -> None:
-    model = random_model(kind)
+def test_a_sentence_translates_alike_in_batches_of_1_7_and_64(kind: str, prepacked: bool) -> None:
+    model = prepack_linear(random_model(kind)) if prepacked else random_model(kind)
     sources = random_sources(64, 50, seed=3)
     search = dict(beam=4, bos=2, eos=3, alpha=0.6, max_len_a=1.0, max_len_b=5, n_best=2)
 
@@ -185,6 +187,26 @@ def test_int8_translator_still_solves_the_task(checkpoint: Path, corpus) -> None
     outputs = [t.text for t in translator.translate(sources)]
     correct = sum(out == tgt for out, (_, tgt) in zip(outputs, corpus.test, strict=True))
     assert correct / len(sources) >= 0.9
+
+
+@pytest.mark.parametrize("kind", ["transformer", "rnn"])
+def test_prepacked_model_decodes_as_the_model(kind: str) -> None:
+    model = random_model(kind)
+    packed = prepack_linear(model)
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.modules())
+    assert any(isinstance(m, torch.nn.Linear) for m in model.modules())  # the original is kept
+    src, mask = padded(random_sources(6, 50, seed=6))
+    search = dict(beam=3, bos=2, eos=3, alpha=0.6, max_len_a=1.0, max_len_b=5, n_best=3)
+    for ours, theirs in zip(beam_search(model, src, mask, **search),
+                            beam_search(packed, src, mask, **search), strict=True):  # fmt: skip
+        assert [h.tokens for h in ours] == [h.tokens for h in theirs]
+        assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-4)
+
+
+def test_fp32_translator_on_cpu_uses_prepacked_layers(checkpoint: Path) -> None:
+    translator = Translator.from_checkpoint(checkpoint, CPU)
+    assert isinstance(translator.model.output, PackedLinear)
+    assert translator.translate(["1 2 3 4 5"])[0].text == "5 4 3 2 1"
 
 
 # --- alignments, unknown words, plots ---------------------------------------------------------
