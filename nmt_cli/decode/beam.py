@@ -1,8 +1,9 @@
 """Batched beam search with the GNMT length and coverage penalties.
 
 All sentences of a batch advance together: the state holds N * K rows (N sentences still
-running, K = beam size), and after each step the K best continuations of each sentence are
-kept by reordering the state with `DecoderState.reorder`. A hypothesis that emits EOS is set
+running, K = beam size; one row per sentence at the first step, where every hypothesis is
+the same empty one), and after each step the K best continuations of each sentence are kept
+by reordering the state with `DecoderState.reorder`. A hypothesis that emits EOS is set
 aside with the score (Wu et al. 2016, eq. 14)
 
     s(Y, X) = log P(Y | X) / lp(Y) + cp(X; Y)
@@ -76,17 +77,17 @@ def _prefix_tensor(prefixes: list[list[int]] | None, batch: int, device) -> torc
     return out
 
 
-def _restrict(log_probs: torch.Tensor, run: _Running, t: int, K: int, eos: int) -> None:
-    """In place: force prefix words, and only EOS at the length limit."""
+def _restrict(log_probs: torch.Tensor, run: _Running, t: int, G: int, eos: int) -> None:
+    """In place, on G rows per sentence: force prefix words, and only EOS at the length limit."""
     if t < run.prefix.size(1):
-        forced = run.prefix[:, t].repeat_interleave(K)  # [N*K]
+        forced = run.prefix[:, t].repeat_interleave(G)  # [N*G]
         rows = (forced >= 0).nonzero().squeeze(1)
         if rows.numel():
             words = forced[rows]
             kept = log_probs[rows, words]
             log_probs[rows] = float("-inf")
             log_probs[rows, words] = kept
-    at_limit = (t + 1 >= run.limit).repeat_interleave(K)  # [N*K]
+    at_limit = (t + 1 >= run.limit).repeat_interleave(G)  # [N*G]
     if bool(at_limit.any()):
         eos_scores = log_probs[:, eos].clone()
         log_probs[at_limit] = float("-inf")
@@ -118,30 +119,26 @@ def beam_search(
     prefix = _prefix_tensor(prefixes, B, device)
     limits = max_output_lengths(src_mask, max_len_a, max_len_b)
     limits = torch.maximum(limits, (prefix >= 0).sum(1) + 1)  # room for the prefix and EOS
-    expand = torch.arange(B, device=device).repeat_interleave(K)
-    state = model.init_state(model.encode(src, src_mask)).reorder(expand)  # B*K rows
-    # Only the first beam of each sentence is alive at step 0, so K copies don't compete.
-    scores = torch.full((B, K), float("-inf"), device=device)
-    scores[:, 0] = 0.0
+    state = model.init_state(model.encode(src, src_mask))  # one row per sentence
     S = src.size(1)
     run = _Running(
         sentence=torch.arange(B, device=device),
         limit=limits,
-        src_mask=src_mask[expand],
+        src_mask=src_mask,
         prefix=prefix,
-        scores=scores,
-        history=torch.empty((B * K, 0), dtype=torch.long, device=device),
-        coverage=torch.zeros(B * K, S, device=device) if coverage else None,
-        attention=torch.empty(B * K, 0, S, device=device) if keep_attention else None,
+        scores=torch.zeros(B, 1, device=device),
+        history=torch.empty((B, 0), dtype=torch.long, device=device),
+        coverage=torch.zeros(B, S, device=device) if coverage else None,
+        attention=torch.empty(B, 0, S, device=device) if keep_attention else None,
     )
-    prev = torch.full((B * K,), bos, dtype=torch.long, device=device)
+    prev = torch.full((B,), bos, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     src_lengths = src_mask.sum(1).tolist()
 
     for t in range(int(limits.max())):
-        log_probs, state, attention = model.step(prev, state)  # [N*K, V]
+        log_probs, state, attention = model.step(prev, state)  # [N*G, V]
         log_probs = log_probs.float()
-        N, V = run.scores.size(0), log_probs.size(1)
+        (N, G), V = run.scores.shape, log_probs.size(1)  # G hypotheses per sentence: 1, then K
         if attention is None:  # a model without source attention (the NTM): nothing to keep
             if run.coverage is not None:
                 raise ConfigError(
@@ -153,16 +150,17 @@ def beam_search(
             run.coverage = run.coverage + attention.float()
         if run.attention is not None:
             run.attention = torch.cat([run.attention, attention.float().unsqueeze(1)], dim=1)
-        _restrict(log_probs, run, t, K, eos)
-        candidates = (run.scores.view(N * K, 1) + log_probs).view(N, K * V)
-        top_scores, top_index = candidates.topk(2 * K, dim=1)  # [N, 2K]
+        _restrict(log_probs, run, t, G, eos)
+        candidates = (run.scores.view(N * G, 1) + log_probs).view(N, G * V)
+        width = min(2 * K, G * V)  # 2K, but a toy vocabulary may have fewer words
+        top_scores, top_index = candidates.topk(width, dim=1)  # [N, 2K]
         top_beam, top_word = top_index // V, top_index % V
         is_eos = top_word == eos
 
         # Set aside EOS hypotheses that rank within the top K.
         hits = (is_eos[:, :K] & torch.isfinite(top_scores[:, :K])).nonzero().tolist()
         if hits:
-            hit_rows = torch.tensor([n * K + int(top_beam[n, j]) for n, j in hits], device=device)
+            hit_rows = torch.tensor([n * G + int(top_beam[n, j]) for n, j in hits], device=device)
             hit_scores = top_scores[[n for n, _ in hits], [j for _, j in hits]]
             hit_scores = hit_scores / length_penalty(t + 1, alpha)
             if run.coverage is not None:
@@ -184,10 +182,10 @@ def beam_search(
             break
 
         # Keep the K best non-EOS continuations of each running sentence: rank EOS last.
-        rank = is_eos.long() * (2 * K) + torch.arange(2 * K, device=device)
-        keep = rank.topk(K, dim=1, largest=False).indices  # [N, K]
-        offsets = torch.arange(N, device=device).unsqueeze(1) * K
-        rows = (offsets + top_beam.gather(1, keep)).view(N, K)
+        rank = is_eos.long() * width + torch.arange(width, device=device)
+        keep = rank.topk(min(K, width), dim=1, largest=False).indices  # [N, K]
+        offsets = torch.arange(N, device=device).unsqueeze(1) * G
+        rows = offsets + top_beam.gather(1, keep)
         words = top_word.gather(1, keep)
         new_scores = top_scores.gather(1, keep)
         running = (~done).nonzero().squeeze(1)  # [N']
