@@ -5,7 +5,8 @@ engine: target tokens per second (output subwords, EOS included, as fairseq coun
 sentences per second (model loading excluded: that is start-up, not decoding), peak RSS of
 the process (`/usr/bin/time -v`), and sacreBLEU. The engines, in one run:
 
-  nmt_cli fp32            our PyTorch decoder on the checkpoint
+  nmt_cli fp32            our PyTorch decoder on the checkpoint (on CPU its linear layers
+                          prepacked for oneDNN, `nmt_cli/prepack.py`)
   nmt_cli int8            the same with dynamic int8 linear layers (`--quantize int8`)
   nmt_cli fp32 uncached   the same without the decoder cache (each step recomputes the
                           prefix): its BLEU must equal the cached decoder's
