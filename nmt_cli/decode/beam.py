@@ -153,7 +153,7 @@ def beam_search(
         _restrict(log_probs, run, t, G, eos)
         candidates = (run.scores.view(N * G, 1) + log_probs).view(N, G * V)
         width = min(2 * K, G * V)  # 2K, but a toy vocabulary may have fewer words
-        top_scores, top_index = candidates.topk(width, dim=1)  # [N, 2K]
+        top_scores, top_index = candidates.topk(width, dim=1)  # [N, width]
         top_beam, top_word = top_index // V, top_index % V
         is_eos = top_word == eos
 

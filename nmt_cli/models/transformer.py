@@ -47,8 +47,8 @@ class TransformerState(DecoderState):
 
     Reordering the self-attention cache is deferred to the next step, which copies the
     selected rows straight into the cache one position longer: one copy of the cache per
-    step, where selecting and then appending would make two (a third of int8 decoding's
-    time went to copying the cache).
+    step, where selecting and then appending made three (a quarter of int8 decoding's time
+    went to copying the cache).
     """
 
     # Keys and values of the t words decoded so far, layer-major: each layer's [R0, h, t, d_h]
