@@ -16,12 +16,10 @@ to a multiple of 64 bounds the shapes: 520 MiB, for the cost of the padded rows.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
-from nmt_cli.models.transformer import MultiHeadAttention
+from nmt_cli.models import replaceable_copy
 
 ROW_BUCKET = 64  # inputs are padded to a multiple of this many rows (see above)
 
@@ -54,10 +52,7 @@ def can_prepack() -> bool:
 
 def prepack_linear(model: nn.Module) -> nn.Module:
     """A copy of `model` (in eval mode, on CPU, fp32) with every Linear layer prepacked."""
-    model = copy.deepcopy(model).eval()
-    for module in model.modules():
-        if isinstance(module, MultiHeadAttention):
-            module.split_projection()  # cross-attention slices its fused weight; packed, it can't
+    model = replaceable_copy(model)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.Linear):

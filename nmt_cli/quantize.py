@@ -9,21 +9,17 @@ integer dot-product units. Quality usually drops by a few tenths of BLEU at most
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import torch
 from torch import nn
 
-from nmt_cli.models.transformer import MultiHeadAttention
+from nmt_cli.models import replaceable_copy
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """A copy of `model` (in eval mode) with int8 Linear and LSTM layers."""
-    model = copy.deepcopy(model).eval()
-    for module in model.modules():
-        if isinstance(module, MultiHeadAttention):
-            module.split_projection()  # int8 replaces whole modules; a fused weight is sliced
+    model = replaceable_copy(model)
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(

@@ -11,16 +11,28 @@ A plain dict, so finding a family's code takes one click.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
 
 from nmt_cli.models.ntm import build_ntm
 from nmt_cli.models.rnn import build_rnn
-from nmt_cli.models.transformer import build_transformer
+from nmt_cli.models.transformer import MultiHeadAttention, build_transformer
 
 BUILDERS = {"rnn": build_rnn, "transformer": build_transformer, "ntm": build_ntm}
 
 
 def build_model(model_cfg: Any, src_vocab: int, tgt_vocab: int, shared_vocab: bool) -> nn.Module:
     return BUILDERS[model_cfg.type](model_cfg, src_vocab, tgt_vocab, shared_vocab)
+
+
+def replaceable_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` in eval mode whose Linear layers can each be swapped for another
+    implementation (int8, prepacked): the Transformer's cross-attention, which slices one
+    fused query/key/value weight, gets whole Linear layers for its query and key/value rows."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.split_projection()
+    return model
