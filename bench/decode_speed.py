@@ -16,8 +16,9 @@ the process (`/usr/bin/time -v`), and sacreBLEU. The engines, in one run:
                           that `bench/train_speed.py --peer fairseq` trained
 
 Every engine gets the same cores; the thread settings are printed with the figures. Our
-decoder batches `--batch-tokens` source tokens (default 1500, what new recipes store; the
-fastest on 2 cores, and bigger batches also cost memory). With `--rss-lines N` it also pipes
+decoder and CTranslate2 both cut the length-sorted input into batches of `--batch-tokens`
+source tokens (default 1500, what new recipes store; 4000 is faster on 2 cores and costs
+memory, see the README). With `--rss-lines N` it also pipes
 an N-line input (the test set repeated) through `nmt translate` and reports its peak RSS:
 memory must not grow with the input, which is streamed.
 
@@ -57,9 +58,11 @@ console = Console(stderr=True)
 
 def worker(args: argparse.Namespace) -> None:
     """Load one engine, translate the file, print timings as JSON (run in a fresh process)."""
-    from nmt_cli.runtime import set_threads
+    from nmt_cli.runtime import keep_freed_memory, set_threads
 
     set_threads(args.threads)
+    if args.engine == "torch":
+        keep_freed_memory()  # as `nmt translate` does
     lines = Path(args.src).read_text(encoding="utf-8").splitlines()
     started = time.perf_counter()
     if args.engine == "torch":
@@ -78,8 +81,9 @@ def worker(args: argparse.Namespace) -> None:
         from nmt_cli.ct2_translate import CTranslate2Translator
 
         translator = CTranslate2Translator(
-            args.model, {"beam": BEAM}, inter_threads=args.threads, intra_threads=1
-        )
+            args.model, {"beam": BEAM, "batch_tokens": args.batch_tokens},
+            inter_threads=args.threads, intra_threads=1,
+        )  # fmt: skip
     loaded = time.perf_counter()
     translations = translator.translate(lines)
     finished = time.perf_counter()
@@ -225,17 +229,18 @@ def main() -> None:
             gzip.decompress((data / f"test_2016_flickr.{lang}.gz").read_bytes())
         )
     ckpt = args.checkpoint.resolve()
-    ours = ("--batch-tokens", str(args.batch_tokens))
+    batches = ("--batch-tokens", str(args.batch_tokens))
     rows = [
-        run_engine("nmt_cli fp32", "torch", ckpt, work, test, *ours),
-        run_engine("nmt_cli int8", "torch", ckpt, work, test, *ours, "--quantize", "int8"),
-        run_engine("nmt_cli fp32 uncached", "torch", ckpt, work, test, *ours, "--uncached"),
+        run_engine("nmt_cli fp32", "torch", ckpt, work, test, *batches),
+        run_engine("nmt_cli int8", "torch", ckpt, work, test, *batches, "--quantize", "int8"),
+        run_engine("nmt_cli fp32 uncached", "torch", ckpt, work, test, *batches, "--uncached"),
     ]
     if resolve_precision("auto", torch.device("cpu")) == "bf16":  # native bf16 units only
-        rows.append(run_engine("nmt_cli bf16", "torch", ckpt, work, test, *ours, "--dtype", "bf16"))
+        bf16 = ("--dtype", "bf16")
+        rows.append(run_engine("nmt_cli bf16", "torch", ckpt, work, test, *batches, *bf16))
     for quantize, label in (("none", "f32"), ("int8", "int8")):
         model = export(ckpt, work / f"ct2-{label}", quantize)
-        rows.append(run_engine(f"ctranslate2 {label}", "ctranslate2", model, work, test))
+        rows.append(run_engine(f"ctranslate2 {label}", "ctranslate2", model, work, test, *batches))
     if "fairseq" in args.peer:
         rows.append(run_fairseq(work, data, test))
     stream = None
@@ -244,7 +249,10 @@ def main() -> None:
     if args.json:
         print(json.dumps({"rows": rows, "streamed": stream}))
         return
-    table = Table(title=f"Multi30k test_2016_flickr, beam {BEAM}, CPU, {THREADS} cores each")
+    table = Table(
+        title=f"Multi30k test_2016_flickr, beam {BEAM}, {args.batch_tokens}-token batches, "
+        f"CPU, {THREADS} cores each"
+    )
     for column in ("engine", "threads", "target tok/s", "sent/s", "peak RSS MiB", "BLEU"):
         table.add_column(column, justify="left" if column in ("engine", "threads") else "right")
     for r in rows:

@@ -284,11 +284,12 @@ def _make_translator(
     from nmt_cli.errors import ConfigError
 
     if engine == "torch":
-        from nmt_cli.runtime import resolve_device, set_threads
+        from nmt_cli.runtime import keep_freed_memory, resolve_device, set_threads
         from nmt_cli.translate import Translator
 
         if threads is not None:
             set_threads(threads)
+        keep_freed_memory()
         return Translator.from_checkpoint(
             models, resolve_device(device), overrides, precision=dtype, quantize=quantize,
             replace_unk=replace_unk,
@@ -378,7 +379,9 @@ def eval_(
     """Score with sacreBLEU (BLEU, chrF, TER): CKPT --src F --ref F, or --hyp F --ref F."""
     from nmt_cli.errors import ConfigError
     from nmt_cli.evaluate import evaluate, render_eval_table
+    from nmt_cli.runtime import keep_freed_memory
 
+    keep_freed_memory()  # for the decoding
     with user_errors():
         if (checkpoint is None) == (hyp is None) or (checkpoint is not None) != (src is not None):
             raise ConfigError("give either CHECKPOINT --src F --ref F, or --hyp F --ref F")

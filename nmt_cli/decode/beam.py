@@ -94,6 +94,46 @@ def _restrict(log_probs: torch.Tensor, run: _Running, t: int, G: int, eos: int) 
         log_probs[:, eos] = torch.where(at_limit, eos_scores, log_probs[:, eos])
 
 
+# Words per block in `best_continuations`: the fastest of 32-256 on Multi30k's 8k vocabulary.
+BLOCK = 64
+
+
+def best_continuations(
+    log_probs: torch.Tensor, scores: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `width` best scores[n, g] + log_probs[n * G + g, w] of each sentence n, best first,
+    with their indices g * V + w: log_probs [N * G, V], scores [N, G] -> two [N, width].
+
+    The same as a top-k over all G * V sums, without writing them: the vocabulary is cut
+    into blocks of BLOCK words and only the words of the `width` blocks with the best
+    maxima are ranked. Every one of the `width` best sums lies in a block whose maximum is
+    at least as good as it, and at most `width` blocks hold one, so those blocks are among
+    the `width` best. One read of log_probs (the block maxima) replaces writing and reading
+    all N * G * V sums: a step's top-k took 0.74 instead of 2.84 ms (450 rows, V = 8,000,
+    2 cores). Ties may come out in another order than a full top-k's (whose order is
+    unspecified too).
+    """
+    (N, G), V = scores.shape, log_probs.size(1)
+    blocks = -(-V // BLOCK)
+    whole = V // BLOCK * BLOCK
+    block_max = log_probs[:, :whole].view(N * G, V // BLOCK, BLOCK).amax(-1)  # [N*G, blocks]
+    if whole < V:
+        block_max = torch.cat([block_max, log_probs[:, whole:].amax(-1, keepdim=True)], dim=1)
+    block_best = (block_max + scores.view(N * G, 1)).view(N, G * blocks)
+    chosen = block_best.topk(min(width, G * blocks), dim=1).indices  # [N, C]
+    hypothesis = chosen // blocks  # g of each chosen block
+    row = hypothesis + torch.arange(N, device=scores.device).unsqueeze(1) * G  # [N, C]
+    words = (chosen % blocks).unsqueeze(2) * BLOCK + torch.arange(BLOCK, device=scores.device)
+    past_end = words >= V  # the last block's columns beyond the vocabulary
+    words = words.clamp(max=V - 1)  # [N, C, BLOCK]
+    sums = log_probs.reshape(-1)[row.unsqueeze(2) * V + words] + scores.view(-1)[row].unsqueeze(2)
+    sums = sums.masked_fill_(past_end, float("-inf")).view(N, -1)
+    top_scores, position = sums.topk(width, dim=1)
+    words = words.view(N, -1).gather(1, position)
+    hypothesis = hypothesis.repeat_interleave(BLOCK, dim=1).gather(1, position)
+    return top_scores, hypothesis * V + words
+
+
 @torch.inference_mode()
 def beam_search(
     model: torch.nn.Module,
@@ -151,9 +191,8 @@ def beam_search(
         if run.attention is not None:
             run.attention = torch.cat([run.attention, attention.float().unsqueeze(1)], dim=1)
         _restrict(log_probs, run, t, G, eos)
-        candidates = (run.scores.view(N * G, 1) + log_probs).view(N, G * V)
         width = min(2 * K, G * V)  # 2K, but a toy vocabulary may have fewer words
-        top_scores, top_index = candidates.topk(width, dim=1)  # [N, width]
+        top_scores, top_index = best_continuations(log_probs, run.scores, width)  # [N, width]
         top_beam, top_word = top_index // V, top_index % V
         is_eos = top_word == eos
 

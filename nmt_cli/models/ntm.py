@@ -30,7 +30,7 @@ from torch import nn
 
 from nmt_cli.config import NTMModelConfig
 from nmt_cli.models import ntm_memory
-from nmt_cli.models.state import DecoderState
+from nmt_cli.models.state import DecoderState, step_log_probs
 
 INITIAL_MEMORY = 1e-6  # Collier & Beel 2018, sec. 4: constant initialisation trains best
 
@@ -148,7 +148,7 @@ class NTMSeq2Seq(nn.Module):
     ) -> tuple[torch.Tensor, NTMState, None]:
         """prev_tokens [B] -> log_probs [B, V], next state, no source attention."""
         features, state = self._advance(self.dropout(self.tgt_embed(prev_tokens)), state)
-        return torch.log_softmax(self._logits(features).float(), dim=-1), state, None
+        return step_log_probs(self._logits(features)), state, None
 
     def forward(
         self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor

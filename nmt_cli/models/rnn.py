@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt_cli.config import RNNModelConfig
 from nmt_cli.models.attention import Attention
-from nmt_cli.models.state import DecoderState
+from nmt_cli.models.state import DecoderState, step_log_probs
 
 
 @dataclasses.dataclass
@@ -215,7 +215,7 @@ class RNNSeq2Seq(nn.Module):
         """prev_tokens [B] -> log_probs [B, V], next state, attention weights [B, S] or None."""
         gates = self.embed_to_gates(self.embed_dropout(self.tgt_embed(prev_tokens)))  # [B, 4H]
         attentional, state, weights = self._step(gates, state)
-        return torch.log_softmax(self._logits(attentional).float(), dim=-1), state, weights
+        return step_log_probs(self._logits(attentional)), state, weights
 
     def forward(
         self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor

@@ -13,7 +13,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from nmt_cli.models.state import DecoderState
+from nmt_cli.models.state import DecoderState, step_log_probs
 
 
 @dataclasses.dataclass
@@ -41,8 +41,4 @@ class Uncached(nn.Module):
     ) -> tuple[torch.Tensor, PrefixState, None]:
         prefix = torch.cat([state.prefix, prev_tokens.unsqueeze(1)], dim=1)
         logits = self.model(state.src, state.src_mask, prefix)[:, -1]
-        return (
-            torch.log_softmax(logits.float(), dim=-1),
-            dataclasses.replace(state, prefix=prefix),
-            None,
-        )
+        return step_log_probs(logits), dataclasses.replace(state, prefix=prefix), None
