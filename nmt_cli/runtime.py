@@ -44,10 +44,9 @@ def keep_freed_memory() -> bool:
     from the system and gives them back when freed, so every step pays a page fault and the
     kernel's zeroing for each 4 KiB again: beam 5 over 1,000 Multi30k sentences in batches
     of 4,000 source tokens faulted 544,000 times, 46,000 with this, and int8 decoding ran
-    30% faster (2 cores); with 1,500-token batches, 86,000 against 21,000. The price is
-    memory the process keeps: peak RSS 1,039 against 951 MiB with the 4,000-token batches
-    (641 against 660 with 1,500). Returns whether it applied (glibc only; elsewhere the
-    allocator keeps its defaults).
+    25-30% faster (2 cores); with 1,500-token batches, 86,000 against 21,000 times. Peak
+    RSS: 1,039 against 951 MiB with the 4,000-token batches, 641 against 660 with 1,500.
+    Returns whether it applied (glibc only; elsewhere the allocator keeps its defaults).
     """
     name = ctypes.util.find_library("c")
     try:

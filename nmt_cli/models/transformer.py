@@ -266,7 +266,7 @@ class FeedForward(nn.Sequential):
     def __init__(self, d_model: int, ff_dim: int, activation_dropout: float) -> None:
         super().__init__(
             nn.Linear(d_model, ff_dim),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),  # one [tokens, ff_dim] tensor less (int8 decoding +2%)
             nn.Dropout(activation_dropout),
             nn.Linear(ff_dim, d_model),
         )
