@@ -381,7 +381,8 @@ def eval_(
     from nmt_cli.evaluate import evaluate, render_eval_table
     from nmt_cli.runtime import keep_freed_memory
 
-    keep_freed_memory()  # for the decoding
+    if checkpoint is not None:
+        keep_freed_memory()  # for the decoding; scoring --hyp decodes nothing
     with user_errors():
         if (checkpoint is None) == (hyp is None) or (checkpoint is not None) != (src is not None):
             raise ConfigError("give either CHECKPOINT --src F --ref F, or --hyp F --ref F")
