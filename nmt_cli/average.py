@@ -12,7 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nmt_cli.checkpoint import load_checkpoint, save_checkpoint
+from nmt_cli.checkpoint_checks import check_weights_fit
+from nmt_cli.config import config_from_dict
+from nmt_cli.data.tokenizer import Tokenizer
 from nmt_cli.errors import CheckpointError, ConfigError
+from nmt_cli.models import build_model_shapes
+from nmt_cli.outputs import check_output
 
 
 def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
@@ -20,9 +25,9 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
     paths = [Path(p) for p in paths]
     if not paths:
         raise ConfigError("no checkpoints to average; pass one or more .pt files")
-    if Path(out).resolve() in {p.resolve() for p in paths}:
-        raise ConfigError(f"--out {out} is one of the inputs; write the average to a new file")
+    check_output(out, inputs=paths, option="--out")
     first = load_checkpoint(paths[0])
+    _check_fits_config(paths[0], first)
     sums = {name: tensor.double() for name, tensor in first["model_state"].items()}
     latest = first
     for path in paths[1:]:
@@ -46,8 +51,18 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
     )
 
 
+def _check_fits_config(path: Path, ckpt: dict) -> None:
+    """Averaging never builds the model, so weights that its config does not build would
+    otherwise become an average that no command can load."""
+    cfg = config_from_dict(ckpt["config"])
+    tokenizer = ckpt["tokenizer"]
+    src, tgt = Tokenizer(tokenizer["src_model"]), Tokenizer(tokenizer["tgt_model"])
+    model = build_model_shapes(cfg.model, src.vocab_size, tgt.vocab_size, tokenizer["joint"])
+    check_weights_fit(path, model, ckpt["model_state"])
+
+
 def _check_same_run(first_path: Path, first: dict, path: Path, ckpt: dict) -> None:
-    if ckpt["config"]["model"] != first["config"]["model"]:
+    if ckpt["config"].get("model") != first["config"].get("model"):
         raise CheckpointError(
             f"{path} has a different model config than {first_path}; average checkpoints of one run"
         )

@@ -3,8 +3,9 @@
 A checkpoint explains itself: the resolved config, the SentencePiece model bytes and the
 weights travel together, so `translate` and `eval` need the `.pt` file alone. It holds
 plain containers and tensors only, so `torch.load(..., weights_only=True)` can read it
-without executing code from the file. Writes go to a temporary file that replaces the
-target only once complete, so an interrupted save never destroys a good checkpoint.
+without executing code from the file. Writes go through `outputs.open_output`: a temporary
+file replaces the target only once complete, so an interrupted save never destroys a good
+checkpoint.
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ import hashlib
 import os
 import pickle
 import platform
+import stat
 import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import sentencepiece
 import torch
 
 import nmt_cli
+from nmt_cli.checkpoint_checks import check_archive, check_payload
 from nmt_cli.errors import CheckpointError
+from nmt_cli.outputs import open_output
 
 FORMAT = "nmt_cli.checkpoint"
 FORMAT_VERSION = 1
@@ -35,10 +39,11 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 def tokenizer_entry(src_model: bytes, tgt_model: bytes, joint: bool) -> dict[str, Any]:
     """The `tokenizer` section: model bytes (one shared object when joint), hashes, special ids."""
+    tgt_model = src_model if joint else tgt_model
     return {
         "joint": joint,
         "src_model": src_model,
-        "tgt_model": src_model if joint else tgt_model,
+        "tgt_model": tgt_model,
         "src_sha256": hashlib.sha256(src_model).hexdigest(),
         "tgt_sha256": hashlib.sha256(tgt_model).hexdigest(),
         "special_ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 3},
@@ -76,70 +81,58 @@ def save_checkpoint(
     }
     if train_state is not None:
         payload["train_state"] = train_state
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as either
-        kept = "the previous file is intact" if path.exists() else "nothing was written"
-        raise CheckpointError(
-            f"could not write {path} ({_write_failure_reason(exc)}): {kept}; free disk space "
-            "or write to another --out"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    with open_output(path, binary=True) as out:  # a file object: torch opens no path itself
+        torch.save(payload, out)
     return path
 
 
-def _write_failure_reason(exc: BaseException) -> str:
-    """The OS's reason; torch's zip writer hides it behind an internal message."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return "the write failed part-way, as on a full disk"
-
-
-def remove_partial_writes(directory: Path) -> None:
-    """Delete temporary files left by saves that were killed (kill -9, power loss) mid-write."""
-    for partial in directory.glob(".*.pt.tmp-*"):
-        partial.unlink(missing_ok=True)
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and check a checkpoint, migrating older format versions forward."""
+    """Read and check a checkpoint, migrating older format versions forward.
+
+    Every reader comes through here, so the checks of `checkpoint_checks` (fields, tokenizer
+    hashes, config, finite weights, zip CRCs) hold for every command that reads a `.pt`.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint not found: {path}; pass the path of a .pt from nmt train"
-        )
-    try:
-        with warnings.catch_warnings():  # e.g. "pickle protocol 4" on a foreign file: the
-            warnings.simplefilter("ignore")  # error below says all a user needs, on one line
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} is corrupt or truncated ({_first_line(exc)}); use another checkpoint, "
-            "e.g. the run's best.pt or a step-N.pt"
-        ) from None
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
+    with _open_regular_file(path) as handle:
+        try:
+            with warnings.catch_warnings():  # e.g. "pickle protocol 4" on a foreign file: the
+                warnings.simplefilter("ignore")  # error below says all a user needs, on one line
+                payload = torch.load(handle, map_location="cpu", weights_only=True)
+        except OSError as exc:
             raise CheckpointError(
-                f"{path} is not an nmt_cli checkpoint (it holds objects beyond plain data); "
-                "pass a .pt written by nmt train"
+                f"cannot read {path} ({exc.strerror or type(exc).__name__}); check the path"
             ) from None
-        raise CheckpointError(
-            f"{path} is corrupt or not a checkpoint at all; pass a .pt written by nmt train"
-        ) from None
-    except Exception:  # torch's legacy reader fails on arbitrary bytes with any error type
-        raise CheckpointError(
-            f"{path} is corrupt or not a checkpoint at all; pass a .pt written by nmt train"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is not an nmt_cli checkpoint (no '{FORMAT}' tag); "
-            "pass a .pt written by nmt train"
-        )
+        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+            raise CheckpointError(
+                f"{path} is corrupt or truncated ({_first_line(exc)}); use another checkpoint, "
+                "e.g. the run's best.pt or a step-N.pt"
+            ) from None
+        except pickle.UnpicklingError as exc:
+            if "Unsupported global" in str(exc):
+                raise CheckpointError(
+                    f"{path} is not an nmt_cli checkpoint (it holds objects beyond plain data); "
+                    "pass a .pt written by nmt train"
+                ) from None
+            raise CheckpointError(
+                f"{path} is corrupt or not a checkpoint at all; pass a .pt written by nmt train"
+            ) from None
+        except Exception:  # torch's legacy reader fails on arbitrary bytes with any error type
+            raise CheckpointError(
+                f"{path} is corrupt or not a checkpoint at all; pass a .pt written by nmt train"
+            ) from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{path} is not an nmt_cli checkpoint (no '{FORMAT}' tag); "
+                "pass a .pt written by nmt train"
+            )
+        check_archive(path, handle)
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if type(version) is not int or not 1 <= version < 2**31:  # bool is no version either
+        raise CheckpointError(
+            f"{path} has no valid checkpoint format version (an integer from 1 to "
+            f"{FORMAT_VERSION}); pass a .pt written by nmt train"
+        )
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format version {version}, newer than this nmt_cli reads "
             f"({FORMAT_VERSION}); upgrade nmt_cli"
@@ -147,7 +140,49 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     while version < FORMAT_VERSION:
         payload = MIGRATIONS[version](payload)
         version = payload["format_version"] = version + 1
+    check_payload(path, payload)
     return payload
+
+
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _open_regular_file(path: Path) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file.
+
+    The stat comes first so a device is never opened (opening some has side effects); the
+    open is non-blocking and checked again, so a FIFO put in place after the stat cannot
+    hang the command waiting for a writer.
+    """
+    fd = -1
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode):
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            mode = os.fstat(fd).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(
+            f"checkpoint not found: {path}; pass the path of a .pt from nmt train"
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot read {path} ({exc.strerror or type(exc).__name__}); check the path"
+        ) from None
+    if not stat.S_ISREG(mode):
+        if fd >= 0:
+            os.close(fd)
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "a special file")
+        raise CheckpointError(
+            f"{path} is not a regular file ({kind}); pass the path of a .pt from nmt train"
+        )
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,8 +17,18 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+try:  # typer >= 0.24 carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:
+    from click.exceptions import UsageError
+
 from nmt_cli.console import console
-from nmt_cli.errors import NMTError
+from nmt_cli.errors import ConfigError, DataError, NMTError
+from nmt_cli.streams import MAX_LINE_BYTES
+
+_MAX_LINE = MAX_LINE_BYTES >> 20  # MiB, for --input's help
+
+MAX_PROCESSES = 256  # `train --nproc`: one machine's GPUs (or cores), not a fork bomb
 
 app = typer.Typer(
     add_completion=False,
@@ -94,6 +104,12 @@ def train(
     from nmt_cli.config import load_config
     from nmt_cli.train import train as run_train
 
+    with user_errors():
+        if not 1 <= nproc <= MAX_PROCESSES:
+            raise ConfigError(
+                f"--nproc {nproc}: give 1 to {MAX_PROCESSES} processes (one per GPU, or 1 to 2 "
+                "per CPU core); for several machines, start torchrun on each"
+            )
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from nmt_cli.distributed import launch
 
@@ -157,7 +173,6 @@ def export(
     ] = "none",
 ) -> None:
     """Write a Transformer checkpoint as a CTranslate2 model directory, for fast inference."""
-    from nmt_cli.errors import ConfigError
     from nmt_cli.export import export_ctranslate2, render_export
 
     with user_errors():
@@ -181,7 +196,10 @@ def translate(
         ),
     ],
     input_: Annotated[
-        Path | None, typer.Option("--input", "-i", help="Input file (default stdin).")
+        Path | None,
+        typer.Option(
+            "--input", "-i", help=f"Input file (default stdin); lines of at most {_MAX_LINE} MiB."
+        ),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output file (default stdout).")
@@ -234,8 +252,8 @@ def translate(
     ] = "torch",
 ) -> None:
     """Translate lines from stdin (or --input) to stdout (or --output), one line per line."""
-    from nmt_cli.errors import ConfigError, DataError
-    from nmt_cli.streams import atomic_output, read_line_chunks
+    from nmt_cli.outputs import check_directory, check_output, open_output
+    from nmt_cli.streams import read_line_chunks
 
     overrides = _decode_overrides(
         beam=beam, alpha=alpha, coverage=coverage, n_best=n_best, max_len_a=max_len_a,
@@ -243,14 +261,21 @@ def translate(
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
     )  # fmt: skip
     with user_errors(), contextlib.ExitStack() as stack:
+        stdin_fd = _stdin_fd() if input_ is None else None
+        inputs = [*checkpoints, input_, prefix, stdin_fd]
+        check_output(output, inputs=inputs, option="--output")
+        for directory, option in ((attention_plot, "--attention-plot"),
+                                  (memory_plot, "--memory-plot")):  # fmt: skip
+            if directory is not None:
+                check_directory(directory, option)
         translator = _make_translator(
             engine, checkpoints, overrides, device=device, dtype=dtype, quantize=quantize,
             threads=threads, replace_unk=replace_unk,
         )  # fmt: skip
         if memory_plot is not None and engine != "torch":
             raise ConfigError("--memory-plot needs --engine torch and an ntm checkpoint")
-        if input_ is None:
-            fd, name = sys.stdin.fileno(), "stdin"
+        if stdin_fd is not None:
+            fd, name = stdin_fd, "stdin"
         else:
             fd, name = _open_input(input_, stack), str(input_)
         prefixes = None
@@ -259,7 +284,7 @@ def translate(
             prefixes = itertools.chain.from_iterable(
                 read_line_chunks(prefix_fd, max_lines=1000, name=str(prefix))
             )
-        sink = stack.enter_context(atomic_output(output, sys.stdout))
+        sink = stack.enter_context(open_output(output))
         chunks = read_line_chunks(fd, max_lines=1000, name=name)
         results = translator.translate_stream(
             chunks, prefixes=prefixes, keep_attention=print_alignment or bool(attention_plot)
@@ -270,7 +295,7 @@ def translate(
                 _plot_attention(result, attention_plot / f"{index + 1:06d}.png")
             if memory_plot is not None:
                 _plot_memory(translator, result, memory_plot / f"{index + 1:06d}.png")
-            if output is None:
+            if sink.live:  # stdout or a FIFO: someone may be waiting for this line
                 sink.flush()
         if prefixes is not None and next(prefixes, None) is not None:
             raise DataError(f"{prefix} has more lines than the input; give one prefix per line")
@@ -281,8 +306,6 @@ def _make_translator(
     quantize: str | None, threads: int | None, replace_unk: bool,
 ):  # fmt: skip
     """Our PyTorch decoder, or CTranslate2 on a directory that `nmt export` wrote."""
-    from nmt_cli.errors import ConfigError
-
     if engine == "torch":
         from nmt_cli.runtime import keep_freed_memory, resolve_device, set_threads
         from nmt_cli.translate import Translator
@@ -331,7 +354,6 @@ def _plot_attention(result, path: Path) -> None:
 
     if result.attention is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_attention_heatmap(result.attention.numpy(), result.src_pieces, result.out_pieces, path)
 
 
@@ -349,9 +371,17 @@ def _plot_memory(translator, result, path: Path) -> None:
     )  # fmt: skip
 
 
-def _open_input(path: Path, stack: contextlib.ExitStack) -> int:
-    from nmt_cli.errors import DataError
+def _stdin_fd() -> int:
+    """fd 0, or one line when the shell closed it (`<&-`): there is nothing to read."""
+    try:
+        fd = sys.stdin.fileno()  # sys.stdin is None when fd 0 was closed at start-up
+        os.fstat(fd)
+    except (AttributeError, OSError, ValueError):
+        raise DataError("stdin is closed; pipe text in or pass --input FILE") from None
+    return fd
 
+
+def _open_input(path: Path, stack: contextlib.ExitStack) -> int:
     try:
         handle = stack.enter_context(path.open("rb"))
     except OSError as exc:
@@ -377,7 +407,6 @@ def eval_(
     json_: Annotated[bool, typer.Option("--json", help="Print scores as JSON on stdout.")] = False,
 ) -> None:
     """Score with sacreBLEU (BLEU, chrF, TER): CKPT --src F --ref F, or --hyp F --ref F."""
-    from nmt_cli.errors import ConfigError
     from nmt_cli.evaluate import evaluate, render_eval_table
     from nmt_cli.runtime import keep_freed_memory
 
@@ -420,7 +449,23 @@ def demo(
 
 
 def main() -> None:
-    app()
+    """The `nmt` program. A mistyped option value (`--seed 1e23`) is one `error:` line and
+    exit 2, like every other input error, instead of click's framed usage box."""
+    try:
+        exit_code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "nmt"
+        message = " ".join(exc.format_message().split()).rstrip(".")  # click wraps long ones
+        console.print(
+            f"[bold red]error:[/] {escape(message)}; see {escape(command)} --help",
+            highlight=False,
+            soft_wrap=True,
+        )
+        exit_code = exc.exit_code
+    except typer.Abort:
+        console.print("[bold red]interrupted[/]")
+        exit_code = 130
+    sys.exit(exit_code or 0)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ A recipe is YAML with the sections `data`, `tokenizer`, `model`, `train` and `de
 `--set section.key=value` overrides any leaf. Unknown keys are an error that names the
 nearest valid key, because a silently ignored typo (`dropuot: 0.3`) wastes a training run.
 The `model` section is chosen by `model.type`, so each family keeps its own flat fields.
+Every number declares its allowed range next to its field (`nmt_cli.ranges.bounded`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +20,20 @@ from typing import Any
 
 import yaml
 
-from nmt_cli.errors import ConfigError
+from nmt_cli.errors import ConfigError, show
+from nmt_cli.ranges import (
+    BATCH_TOKENS,
+    DIM,
+    DROPOUT,
+    LAYERS,
+    NON_NEGATIVE,
+    SEED,
+    STEPS,
+    TOKENS,
+    Range,
+    bounded,
+    check_ranges,
+)
 
 
 @dataclass(frozen=True)
@@ -42,19 +57,21 @@ class SourceConfig:
     src_column: str | None = None
     tgt_column: str | None = None
     task: str | None = None  # copy | repeat_copy | associative_recall
-    size: int = 0
-    seed: int = 1
-    lengths: tuple[int, int] = (1, 20)
-    repeats: tuple[int, int] = (1, 10)
-    items: tuple[int, int] = (2, 6)
+    size: int = bounded(0, Range(0, 100_000_000))
+    seed: int = bounded(1, SEED)
+    lengths: tuple[int, int] = bounded((1, 20), TOKENS)
+    repeats: tuple[int, int] = bounded((1, 10), Range(1, 10_000))
+    items: tuple[int, int] = bounded((2, 6), Range(2, 10_000))
 
 
 @dataclass(frozen=True)
 class CleanConfig:
     """Training-pair filters (Moses `clean-corpus-n` habits); valid and test are never filtered."""
 
-    max_words: int = 250
-    max_ratio: float = 3.0
+    max_words: int = bounded(250, TOKENS)
+    # subwords per side, checked once the tokenizer exists: one long "word" can be thousands
+    max_tokens: int = bounded(250, TOKENS)
+    max_ratio: float = bounded(3.0, Range(1, math.inf, hi_open=True))
 
 
 @dataclass(frozen=True)
@@ -72,10 +89,10 @@ class TokenizerConfig:
     """SentencePiece training options; `sample_size` bounds the sentences it trains on."""
 
     model_type: str = "unigram"  # unigram | bpe | char | word (whitespace-separated words)
-    vocab_size: int = 8000
+    vocab_size: int = bounded(8000, Range(8, 1_000_000))
     joint: bool = True
-    sample_size: int = 1_000_000
-    character_coverage: float = 1.0
+    sample_size: int = bounded(1_000_000, Range(1, 2**31 - 1))  # SentencePiece's int32
+    character_coverage: float = bounded(1.0, Range(0, 1, lo_open=True))
 
 
 @dataclass(frozen=True)
@@ -89,17 +106,17 @@ class RNNModelConfig:
 
     type: str = "rnn"
     preset: str | None = None
-    emb_dim: int = 256
-    hidden_dim: int = 256
-    enc_layers: int = 1
-    dec_layers: int = 1
+    emb_dim: int = bounded(256, DIM)
+    hidden_dim: int = bounded(256, DIM)
+    enc_layers: int = bounded(1, LAYERS)
+    dec_layers: int = bounded(1, LAYERS)
     bidirectional: str = "all"  # all | bottom | none
-    residual_from: int = 0
+    residual_from: int = bounded(0, Range(0, LAYERS.hi))
     attention: str = "general"  # dot | general | concat | none (no attention)
     input_feeding: bool = True
-    dropout: float = 0.3
+    dropout: float = bounded(0.3, DROPOUT)
     tie_embeddings: bool = True
-    max_len: int = 256
+    max_len: int = bounded(256, TOKENS)
 
 
 @dataclass(frozen=True)
@@ -114,17 +131,17 @@ class TransformerModelConfig:
 
     type: str = "transformer"
     preset: str | None = None
-    d_model: int = 512
-    heads: int = 8
-    ff_dim: int = 2048
-    enc_layers: int = 6
-    dec_layers: int = 6
+    d_model: int = bounded(512, DIM)
+    heads: int = bounded(8, Range(1, 1024))
+    ff_dim: int = bounded(2048, DIM)
+    enc_layers: int = bounded(6, LAYERS)
+    dec_layers: int = bounded(6, LAYERS)
     norm: str = "post"  # post | pre
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
+    dropout: float = bounded(0.1, DROPOUT)
+    attention_dropout: float = bounded(0.0, DROPOUT)
+    activation_dropout: float = bounded(0.0, DROPOUT)
     tie_embeddings: bool = True
-    max_len: int = 256
+    max_len: int = bounded(256, TOKENS)
 
 
 @dataclass(frozen=True)
@@ -139,18 +156,18 @@ class NTMModelConfig:
 
     type: str = "ntm"
     preset: str | None = None
-    emb_dim: int = 64
+    emb_dim: int = bounded(64, DIM)
     controller: str = "lstm"  # lstm | feedforward
-    controller_dim: int = 100
-    memory_slots: int = 128
-    memory_width: int = 20
-    read_heads: int = 1
-    write_heads: int = 1
-    max_shift: int = 1
-    clip: float = 20.0
-    dropout: float = 0.0
+    controller_dim: int = bounded(100, DIM)
+    memory_slots: int = bounded(128, Range(1, 16_384))
+    memory_width: int = bounded(20, Range(1, 4096))
+    read_heads: int = bounded(1, LAYERS)
+    write_heads: int = bounded(1, LAYERS)
+    max_shift: int = bounded(1, Range(0, 8192))  # and below memory_slots / 2
+    clip: float = bounded(20.0, Range(0, 1e6, lo_open=True))
+    dropout: float = bounded(0.0, DROPOUT)
     tie_embeddings: bool = True
-    max_len: int = 256
+    max_len: int = bounded(256, TOKENS)
 
 
 # Named model sizes per family; a recipe's own keys override the preset's.
@@ -201,49 +218,55 @@ MODEL_CONFIGS: dict[str, type] = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    seed: int = 1
-    batch_tokens: int = 4096  # per process and micro-batch; an update sees
-    accum_steps: int = 1  # batch_tokens x accum_steps x processes padded tokens
-    max_steps: int = 100_000
-    max_seconds: float = 0  # stop (and checkpoint) after this much training time; 0: no limit
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 500
+    seed: int = bounded(1, SEED)
+    batch_tokens: int = bounded(4096, BATCH_TOKENS)  # per process and micro-batch; an update
+    accum_steps: int = bounded(1, Range(1, 10_000))  # sees batch_tokens x accum_steps x processes
+    max_steps: int = bounded(100_000, Range(1, STEPS.hi))
+    # stop (and checkpoint) after this much training time; 0: no limit
+    max_seconds: float = bounded(0.0, NON_NEGATIVE)
+    # 0 freezes the weights; one too large diverges, which `max_bad_updates` stops
+    lr: float = bounded(1e-3, NON_NEGATIVE)
+    betas: tuple[float, float] = bounded((0.9, 0.999), Range(0, 1, hi_open=True))
+    warmup_steps: int = bounded(500, STEPS)
     decay: str = "inverse_sqrt"  # inverse_sqrt | linear | constant
-    label_smoothing: float = 0.1
-    clip_norm: float = 1.0
-    valid_every: int = 1000  # 0: never validate (last.pt is still written at the end)
-    log_every: int = 50
-    keep_last: int = 3
-    patience: int = 10
+    label_smoothing: float = bounded(0.1, DROPOUT)
+    clip_norm: float = bounded(1.0, NON_NEGATIVE)  # 0: no clipping
+    # 0: never validate (last.pt is still written at the end)
+    valid_every: int = bounded(1000, STEPS)
+    log_every: int = bounded(50, Range(1, STEPS.hi))
+    keep_last: int = bounded(3, STEPS)
+    patience: int = bounded(10, STEPS)
     best_metric: str = "bleu"  # bleu | loss: the validation figure that picks best.pt
     precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (auto: bf16 where native)
-    threads: int = 0  # 0: leave torch's default
-    max_bad_updates: int = 10  # stop after this many non-finite losses in a row
+    threads: int = bounded(0, Range(0, 4096))  # 0: leave torch's default
+    # stop after this many non-finite losses in a row
+    max_bad_updates: int = bounded(10, Range(1, STEPS.hi))
     compile: bool = False  # torch.compile the model for training
     tensorboard: bool = False  # also log to RUN/tensorboard (pip install tensorboard)
     # Multi-process runs: seconds a process waits for the others in a collective before it
     # gives up (a dead process is noticed at once; this bounds the wait for a hung one). Rank
     # 0 validates alone while the others wait, so it must exceed a validation.
-    collective_timeout: float = 3600
+    collective_timeout: float = bounded(3600.0, Range(0, 1e7, lo_open=True))  # 1e7: 116 days
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
     """Decoding settings shared by validation, `nmt translate` and `nmt eval`."""
 
-    beam: int = 5
-    alpha: float = 0.6
-    max_len_a: float = 1.5
-    max_len_b: int = 10
-    n_best: int = 1  # hypotheses (or samples) kept per sentence
-    batch_tokens: int = 1500  # source tokens per decoding batch: bounds the [rows, V] step tensors
-    coverage: float = 0.0  # GNMT coverage penalty weight beta (0 = off)
+    beam: int = bounded(5, Range(1, 1000))
+    alpha: float = bounded(0.6, Range(0, 10))
+    max_len_a: float = bounded(1.5, Range(0, 100))  # output length limit a * |source| + b
+    max_len_b: int = bounded(10, Range(0, TOKENS.hi))
+    n_best: int = bounded(1, Range(1, 1000))  # hypotheses (or samples) kept per sentence
+    # source tokens per decoding batch: bounds the [rows, V] step tensors
+    batch_tokens: int = bounded(1500, BATCH_TOKENS)
+    coverage: float = bounded(0.0, Range(0, 100))  # GNMT coverage penalty weight beta (0 = off)
     sampling: bool = False  # draw words at random instead of beam search
-    temperature: float = 1.0
-    top_k: int = 0  # sample among the k most probable words (0 = all)
-    top_p: float = 1.0  # ... or the smallest set holding this much probability
-    seed: int = 1  # of the sampling draws
+    temperature: float = bounded(1.0, Range(0, 1000, lo_open=True))
+    top_k: int = bounded(0, Range(0, 1_000_000))  # sample among the k most probable words (0: all)
+    # ... or among the smallest set holding this much probability
+    top_p: float = bounded(1.0, Range(0, 1, lo_open=True))
+    seed: int = bounded(1, SEED)  # of the sampling draws
 
 
 @dataclass(frozen=True)
@@ -264,8 +287,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"recipe not found: {path}; pass the path of a YAML recipe")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            first_line = str(exc).splitlines()[0]
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:  # ValueError: an int
+            first_line = str(exc).splitlines()[0]  # of more than 4,300 digits
             raise ConfigError(f"recipe {path} is not valid YAML ({first_line}); fix it") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"recipe {path} must be a mapping of sections; see recipes/")
@@ -278,33 +301,41 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     """Set one `section.key=value` in a raw recipe dict; the value is parsed as YAML."""
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set {item!r} is not of the form section.key=value")
+        raise ConfigError(f"--set {show(item)} is not of the form section.key=value")
     node = raw
     *parents, leaf = key.split(".")
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(value)
+            raise ConfigError(f"--set {show(item)}: {show(part)} is not a section")
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except (yaml.YAMLError, ValueError) as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"--set {show(item)}: the value is not valid YAML ({first_line})"
+        ) from None
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build a validated `Config` from plain containers (a recipe, or a checkpoint's config)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {show(raw)}")
     raw = dict(raw)
-    model_raw = dict(raw.pop("model", None) or {})
+    model_raw = raw.pop("model", None) or {}
+    if not isinstance(model_raw, dict):
+        raise ConfigError(f"model must be a mapping, got {show(model_raw)}")
     model_type = model_raw.get("type", "rnn")
-    if model_type not in MODEL_CONFIGS:
+    if not isinstance(model_type, str) or model_type not in MODEL_CONFIGS:
         raise ConfigError(
-            f"unknown model.type {model_type!r}; choose one of {', '.join(MODEL_CONFIGS)}"
+            f"unknown model.type {show(model_type)}; choose one of {', '.join(MODEL_CONFIGS)}"
         )
     preset = model_raw.get("preset")
     if preset is not None:
         presets = MODEL_PRESETS[model_type]
-        if preset not in presets:
-            raise ConfigError(
-                f"unknown model.preset {preset!r} for {model_type}; "
-                f"choose one of {', '.join(presets)}"
-            )
+        if not isinstance(preset, str) or preset not in presets:
+            names = f"choose one of {', '.join(presets)}" if presets else "it has none"
+            raise ConfigError(f"unknown model.preset {show(preset)} for {model_type}; {names}")
         model_raw = {**presets[preset], **model_raw}
     base = _build(Config, {k: v for k, v in raw.items()}, "", skip={"model"})
     model = _build(MODEL_CONFIGS[model_type], model_raw, "model.")
@@ -320,6 +351,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 def validate(cfg: Config) -> None:
     """Check value ranges and choices that the types alone cannot express."""
+    check_ranges(cfg)
     choices = {
         "tokenizer.model_type": (cfg.tokenizer.model_type, ("unigram", "bpe", "char", "word")),
         "train.decay": (cfg.train.decay, ("inverse_sqrt", "linear", "constant")),
@@ -342,38 +374,32 @@ def validate(cfg: Config) -> None:
             raise ConfigError("model.d_model must be a multiple of model.heads")
     if isinstance(cfg.model, NTMModelConfig):
         choices["model.controller"] = (cfg.model.controller, ("lstm", "feedforward"))
-        if min(cfg.model.read_heads, cfg.model.write_heads, cfg.model.memory_slots) < 1:
-            raise ConfigError("model.read_heads, write_heads and memory_slots must be >= 1")
-        if not 0 <= cfg.model.max_shift < cfg.model.memory_slots // 2:
-            raise ConfigError("model.max_shift must be >= 0 and below memory_slots / 2")
+        if cfg.model.max_shift >= cfg.model.memory_slots // 2:
+            raise ConfigError("model.max_shift must be below model.memory_slots / 2")
     for key, (value, allowed) in choices.items():
         if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-    for key in ("batch_tokens", "accum_steps", "max_bad_updates", "log_every"):
-        if getattr(cfg.train, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
-    if cfg.train.valid_every < 0:
-        raise ConfigError(f"train.valid_every must be >= 0 (0: never), got {cfg.train.valid_every}")
+            raise ConfigError(f"{key}: {show(value)} is not one of {', '.join(allowed)}")
     validate_decode(cfg.decode)
 
 
 def validate_decode(d: DecodeConfig) -> None:
-    """Also run on the settings `nmt translate` / `nmt eval` options override."""
-    if d.beam < 1 or d.n_best < 1 or (d.n_best > d.beam and not d.sampling):
+    """Also run on the settings `nmt translate` / `nmt eval` options and an exported model's
+    metadata override, which no recipe parser has type-checked."""
+    hints = typing.get_type_hints(DecodeConfig)
+    for f in dataclasses.fields(DecodeConfig):
+        _coerce(hints[f.name], getattr(d, f.name), f"decode.{f.name}")
+    check_ranges(d, "decode.")
+    if d.n_best > d.beam and not d.sampling:
         raise ConfigError(
             f"n-best {d.n_best} with beam {d.beam}: beam search needs 1 <= n-best <= beam; "
             "raise the beam (--beam, decode.beam)"
-        )
-    if d.temperature <= 0 or not 0 < d.top_p <= 1 or d.top_k < 0 or d.coverage < 0:
-        raise ConfigError(
-            "decode: temperature must be > 0, 0 < top_p <= 1, top_k >= 0 and coverage >= 0"
         )
 
 
 def _build(cls: type, raw: Any, prefix: str, skip: set[str] = frozenset()) -> Any:
     """Turn a dict into dataclass `cls`, recursing into nested dataclasses and tuples of them."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'recipe'} must be a mapping, got {raw!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'recipe'} must be a mapping, got {show(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -381,13 +407,14 @@ def _build(cls: type, raw: Any, prefix: str, skip: set[str] = frozenset()) -> An
         if key in skip:
             continue
         if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=1)
+            near = difflib.get_close_matches(key[:100], names, n=1) if isinstance(key, str) else []
             hint = (
                 f"; did you mean {prefix}{near[0]}?"
                 if near
                 else f"; valid keys: {', '.join(names)}"
             )
-            raise ConfigError(f"unknown recipe key {prefix}{key}{hint}")
+            shown = key if isinstance(key, str) and len(key) <= 100 else show(key)
+            raise ConfigError(f"unknown recipe key {prefix}{shown}{hint}")
         kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
     return cls(**kwargs)
 
@@ -416,7 +443,10 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
     if hint is Any:
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond 1.8e308
+            raise ConfigError(f"{name} must be a finite float, got {show(value)}") from None
     if hint is float and isinstance(value, str):
         try:
             return float(value)  # YAML 1.1 reads "1e-3" as a string
@@ -425,7 +455,7 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
     if hint in (int, str, bool, float) and not (
         isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     ):
-        raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{name} must be {hint.__name__}, got {show(value)}")
     return value
 
 

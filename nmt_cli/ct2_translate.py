@@ -41,7 +41,7 @@ from nmt_cli.data.corpus import normalize
 from nmt_cli.data.tokenizer import EOS, Tokenizer
 from nmt_cli.decode import max_output_lengths
 from nmt_cli.decode.beam import length_penalty
-from nmt_cli.errors import CheckpointError, ConfigError
+from nmt_cli.errors import CheckpointError, ConfigError, show
 from nmt_cli.export import DECODE_KEYS, FORMAT, FORMAT_VERSION, METADATA, import_ctranslate2
 from nmt_cli.translate import Translation, encode_sources
 
@@ -290,7 +290,7 @@ def decode_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> Decode
         value = getattr(decode, field.name)
         if field.name not in DECODE_KEYS and value != getattr(default, field.name):
             raise ConfigError(
-                f"decode.{field.name} {value} has no CTranslate2 equivalent; leave it unset, "
+                f"decode.{field.name} {show(value)} has no CTranslate2 equivalent; leave it unset, "
                 "or translate with the PyTorch engine"
             )
     validate_decode(decode)

@@ -98,10 +98,10 @@ def run_demo(out_dir: Path, seed: int = 1, show_progress: bool = True) -> DemoRe
     """Generate dates, train, score exact match on held-out dates and draw the attention."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    cfg = config_from_dict(demo_recipe(out_dir / "corpus", seed))  # checks --seed first
     splits = split_dates(**SPLIT_SIZES, seed=seed)
     for name, pairs in splits.items():
         write_pairs(pairs, out_dir / "corpus" / f"{name}.src", out_dir / "corpus" / f"{name}.tgt")
-    cfg = config_from_dict(demo_recipe(out_dir / "corpus", seed))
     preprocess(cfg, out_dir / "data", show_progress=show_progress)
     result = train(
         cfg, out_dir / "data", out_dir / "run", device="cpu", show_progress=show_progress

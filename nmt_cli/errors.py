@@ -5,6 +5,8 @@ whose message is one line naming the problem and the fix. The CLI prints that li
 exits 1, so a user never sees a traceback for a mistake they can correct.
 """
 
+import reprlib
+
 
 class NMTError(Exception):
     """Base class: the message is shown to the user as-is."""
@@ -28,3 +30,30 @@ class TrainingError(NMTError):
 
 class DistributedError(NMTError):
     """A training process lost contact with the others: one of them died or hung."""
+
+
+class OutputError(NMTError):
+    """An output cannot be written: its directory is missing or read-only, or the disk is full."""
+
+
+class _Short(reprlib.Repr):
+    """`reprlib` limits, plus the types it would otherwise format in full first."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        # str() of a huge int is quadratic, and refused past 4,300 digits
+        return repr(x) if x.bit_length() <= 128 else f"<a {x.bit_length()}-bit integer>"
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        return repr(x[: self.maxstring]) + ("..." if len(x) > self.maxstring else "")
+
+
+_short = _Short()
+_short.maxlevel, _short.maxstring, _short.maxother = 2, 60, 60
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = _short.maxfrozenset = 3
+
+
+def show(value: object) -> str:
+    """A value as an error message may show it: short whatever the value. A recipe's YAML
+    aliases can make a 500-byte file hold a billion-element list, and formatting it whole
+    took minutes and gigabytes."""
+    return _short.repr(value)

@@ -8,6 +8,8 @@ tokeniser (13a for BLEU), which is what makes the number comparable across toolk
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -17,6 +19,7 @@ from rich.table import Table
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 from nmt_cli.errors import DataError
+from nmt_cli.streams import read_line_chunks
 
 
 @dataclass
@@ -73,37 +76,31 @@ def check_aligned(lines: list[str], references: list[str], what: str) -> None:
 
 
 def read_lines(path: str | PathLike[str]) -> list[str]:
-    """Read a UTF-8 text file as lines, stripping only the trailing newline.
+    """Read a UTF-8 text file as lines, stripping only the line ending (LF or CRLF).
 
-    Other whitespace is kept: it is part of the text being scored or translated. Bytes are
-    decoded line by line so an encoding error can name the line a user must fix.
+    Other whitespace is kept: it is part of the text being scored or translated. Lines are
+    read by `nmt_cli.streams` (strict UTF-8 naming the bad line, `MAX_LINE_BYTES` a line), so
+    an endless input such as /dev/zero is an error, not a process that fills memory.
     """
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise DataError(
             f"file not found: {p}; check the path (it must be a UTF-8 text file)"
         ) from None
-    except IsADirectoryError:
-        raise DataError(
-            f"{p} is a directory; pass a UTF-8 text file with one sentence per line"
-        ) from None
     except OSError as e:
         raise DataError(f"cannot read {p}: {e.strerror}; check its permissions") from None
-    chunks = raw.split(b"\n")
-    if chunks[-1] == b"":
-        chunks.pop()  # a final newline ends the last line; it does not start another
-    lines = []
-    for number, chunk in enumerate(chunks, start=1):
-        try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError as e:
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
             raise DataError(
-                f"{p}, line {number}: invalid UTF-8 at byte {e.start}; re-encode the file as UTF-8 "
-                f"(e.g. iconv -f latin1 -t utf-8)"
-            ) from None
-        lines.append(text[:-1] if text.endswith("\r") else text)  # CRLF is one newline
+                f"{p} is a directory; pass a UTF-8 text file with one sentence per line"
+            )
+        lines = [line for chunk in read_line_chunks(fd, 10_000, str(p)) for line in chunk]
+    except OSError as e:
+        raise DataError(f"cannot read {p}: {e.strerror}; check its permissions") from None
+    finally:
+        os.close(fd)
     if lines and lines[0].startswith("\ufeff"):
         lines[0] = lines[0][1:]  # a byte-order mark is encoding metadata, not text
     return lines
@@ -142,10 +139,11 @@ def evaluate(
     with `decode_overrides` on top, so `nmt eval` reproduces the BLEU that chose best.pt.
     """
     from nmt_cli.console import progress
+    from nmt_cli.outputs import check_output, open_output
     from nmt_cli.runtime import resolve_device
-    from nmt_cli.streams import atomic_output
     from nmt_cli.translate import Translator
 
+    check_output(save_hyp, inputs=(checkpoint, src, ref, hyp), option="--save-hyp")
     references = read_lines(ref)
     if checkpoint is None:
         hypotheses = read_lines(hyp)
@@ -160,6 +158,6 @@ def evaluate(
             translations = translator.translate(sources, on_progress=lambda n: bar.advance(task, n))
         hypotheses = [t.text for t in translations]
         if save_hyp is not None:
-            with atomic_output(save_hyp, None) as handle:
+            with open_output(save_hyp) as handle:
                 handle.writelines(line + "\n" for line in hypotheses)
     return score(hypotheses, references)

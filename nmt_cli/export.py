@@ -22,18 +22,15 @@ a wrongly arranged model without complaint, so these must match exactly:
 Beside CTranslate2's `model.bin`, `config.json` and vocabulary, the directory holds both
 SentencePiece models and `nmt_cli.json` (decoding settings, input limit, position table
 size), so it alone is enough to translate (`nmt_cli.ct2_translate`). It is written to a
-temporary directory renamed into place at the end, so a failed export never leaves a partial
-directory or destroys an earlier one.
+temporary directory renamed into place at the end (`nmt_cli.owned_dirs`), so a failed export
+never leaves a partial directory or destroys an earlier one, and only a directory holding
+nothing but an earlier export (the files its `nmt_cli.json` lists) is ever replaced.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +39,11 @@ from rich.console import Console
 from rich.table import Table
 
 from nmt_cli.checkpoint import load_checkpoint
+from nmt_cli.checkpoint_checks import check_weights_fit
 from nmt_cli.config import Config, DecodeConfig, config_from_dict
 from nmt_cli.data.tokenizer import BOS, EOS, UNK, Tokenizer
 from nmt_cli.errors import CheckpointError, ConfigError, DataError
-from nmt_cli.models import build_model
+from nmt_cli.models import build_model, build_model_shapes
 from nmt_cli.models.transformer import (
     DecoderLayer,
     EncoderLayer,
@@ -53,6 +51,7 @@ from nmt_cli.models.transformer import (
     Transformer,
     sinusoidal_positions,
 )
+from nmt_cli.owned_dirs import DirKind, check_destination, made_files, replacing
 
 METADATA = "nmt_cli.json"
 FORMAT = "nmt_cli.ctranslate2"
@@ -65,6 +64,15 @@ QUANTIZATIONS = (
 )  # fmt: skip
 # The decoding settings the CTranslate2 translator reproduces (nmt_cli.ct2_translate).
 DECODE_KEYS = ("beam", "alpha", "max_len_a", "max_len_b", "n_best", "batch_tokens")
+# What an export written before nmt_cli.json listed its "files" holds (CTranslate2 names its
+# vocabularies by version and by whether they are shared).
+_LEGACY_FILES = (
+    "model.bin", "config.json", "vocabulary.json", "shared_vocabulary.json",
+    "source_vocabulary.json", "target_vocabulary.json", "vocabulary.txt",
+    "shared_vocabulary.txt", "source_vocabulary.txt", "target_vocabulary.txt",
+    SOURCE_SPM, TARGET_SPM,
+)  # fmt: skip
+EXPORT_DIR = DirKind("export", METADATA, FORMAT, lambda metadata: _LEGACY_FILES)
 
 
 @dataclasses.dataclass
@@ -88,8 +96,7 @@ def export_ctranslate2(
             f"--quantize {quantization} is not a CTranslate2 weight type; "
             f"choose one of {', '.join(QUANTIZATIONS)}"
         )
-    out = Path(out).resolve()  # "--out ." must name the directory, for the rename beside it
-    _check_destination(out)
+    out = check_destination(Path(out), EXPORT_DIR)  # before any work: one line if not ours
     ctranslate2 = import_ctranslate2()
     ckpt = load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["config"])
@@ -117,10 +124,11 @@ def export_ctranslate2(
         "checkpoint": {"path": str(checkpoint), "step": ckpt["step"]},
     }
     try:
-        with _replacing_directory(out) as tmp:
+        with replacing(out, EXPORT_DIR) as tmp:
             spec.save(str(tmp))
             (tmp / SOURCE_SPM).write_bytes(src_tok.model_bytes)
             (tmp / TARGET_SPM).write_bytes(tgt_tok.model_bytes)
+            metadata["files"] = made_files(tmp, EXPORT_DIR)
             (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
         raise DataError(
@@ -185,15 +193,10 @@ def _load_transformer(
         )
     src_tok = Tokenizer(ckpt["tokenizer"]["src_model"], name=f"{path}: source tokenizer")
     tgt_tok = Tokenizer(ckpt["tokenizer"]["tgt_model"], name=f"{path}: target tokenizer")
-    model = build_model(
-        cfg.model, src_tok.vocab_size, tgt_tok.vocab_size, ckpt["tokenizer"]["joint"]
-    )
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path}: weights do not match its config ({_first_line(exc)})"
-        ) from None
+    args = (cfg.model, src_tok.vocab_size, tgt_tok.vocab_size, ckpt["tokenizer"]["joint"])
+    check_weights_fit(Path(path), build_model_shapes(*args), ckpt["model_state"])
+    model = build_model(*args)
+    model.load_state_dict(ckpt["model_state"])
     return model.eval(), src_tok, tgt_tok
 
 
@@ -309,51 +312,6 @@ def _set_norm(spec, norm: torch.nn.LayerNorm) -> None:
 def _array(tensor: torch.Tensor):
     """A float32 numpy copy (weights may be stored in another float type)."""
     return tensor.detach().to(torch.float32).numpy().copy()
-
-
-# --- writing the directory -----------------------------------------------------------------
-
-
-def _check_destination(out: Path) -> None:
-    """Refuse to replace anything but an earlier export: --out might name a directory of
-    other files by mistake, and replacing it would delete them."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / METADATA).is_file():
-        raise ConfigError(
-            f"{out} exists and is not an nmt export (no {METADATA}); "
-            "refusing to replace it: choose another --out or remove it"
-        )
-
-
-@contextlib.contextmanager
-def _replacing_directory(out: Path) -> Iterator[Path]:
-    """Yield a new directory beside `out` to write into. Once the block succeeds it replaces
-    `out` (an earlier export is removed only after that); if it fails, it is deleted."""
-    work = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    try:
-        yield work
-        _move_into_place(work, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _move_into_place(work: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(work, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    shutil.rmtree(old, ignore_errors=True)
-    os.rename(out, old)
-    try:
-        os.rename(work, out)
-    except OSError:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _first_line(exc: BaseException) -> str:

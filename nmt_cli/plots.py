@@ -3,13 +3,14 @@
 Figures are drawn on the Agg canvas directly (`matplotlib.figure.Figure` + `FigureCanvasAgg`)
 rather than through pyplot, so plotting needs no display, keeps no global figure registry that
 could leak memory over a long training run, and does not switch the backend of a notebook that
-imports this module. Files are written atomically: a crash mid-save never leaves a half PNG.
+imports this module. Files are written through `outputs.open_output`: a crash mid-save never
+leaves a half PNG.
 """
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -19,6 +20,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+
+from nmt_cli.outputs import NOTHING_WRITTEN, open_output, write_error
 
 DPI = 150
 _INCHES_PER_TOKEN = 0.32
@@ -80,17 +83,18 @@ def _draw(
 
 
 def _save(fig: Figure, path: str | PathLike[str]) -> Path:
-    """Render to a temporary file beside `path`, then rename it into place."""
+    """Render in memory (a figure is small), then write it with `outputs.open_output`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    FigureCanvasAgg(fig)
     try:
-        fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(path, exc, NOTHING_WRITTEN) from None
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    FigureCanvasAgg(fig)
+    image = io.BytesIO()
+    fig.savefig(image, format=fmt, dpi=DPI, bbox_inches="tight")
+    with open_output(path, binary=True) as out:
+        out.write(image.getvalue())
     return path
 
 

@@ -4,16 +4,16 @@ Everything streams: pairs go from the sources through cleaning into text files o
 SentencePiece samples `tokenizer.sample_size` sentences from those files, and encoding reads
 them back in chunks. Peak memory is the tokenizer trainer's sample, not the corpus.
 
-The output is built in a hidden sibling directory and renamed into place only when complete,
-so a crash or a bad input line never leaves a half-written data dir, and an existing one
-survives a failed re-run untouched.
+The output is built in a hidden sibling directory and renamed into place only when complete
+(`nmt_cli.owned_dirs`), so a crash or a bad input line never leaves a half-written data dir, an
+existing one survives a failed re-run untouched, and a directory that is not wholly ours is
+never replaced: the manifest lists the files a re-run may replace.
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
-import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -36,6 +36,7 @@ from nmt_cli.data.shards import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    SIDES,
     ShardStats,
     ShardWriter,
     token_dtype,
@@ -43,6 +44,7 @@ from nmt_cli.data.shards import (
 )
 from nmt_cli.data.tokenizer import Tokenizer, train_sentencepiece
 from nmt_cli.errors import ConfigError, DataError
+from nmt_cli.owned_dirs import DirKind, check_destination, made_files, replacing
 
 ENCODE_CHUNK = 10_000  # lines per encode_batch call: big enough to amortise, small in memory
 _PROGRESS_EVERY = 10_000  # pairs between progress-bar updates; per-pair updates cost seconds
@@ -76,21 +78,15 @@ def preprocess(cfg: Config, out_dir: Path, show_progress: bool = True) -> Prepro
     for source in (*data.train, *data.valid, *data.test):
         check_source(source)
     out_dir = Path(out_dir)
-    _recover_killed_runs(out_dir)
-    _check_replaceable(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    target = check_destination(out_dir, DATA_DIR)
     try:
-        bars = progress()
-        bars.disable = not show_progress
-        with bars:
-            pairs, stats, vocab = _build(cfg, work, bars)
-        _move_into_place(work, out_dir)
-    except BaseException as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        with replacing(target, DATA_DIR) as work:
+            bars = progress()
+            bars.disable = not show_progress
+            with bars:
+                pairs, stats, vocab = _build(cfg, work, bars)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
             kept = "the previous data dir is intact" if out_dir.exists() else "nothing was written"
             raise DataError(
                 f"could not write {out_dir} ({exc.strerror}): {kept}; free disk space or choose "
@@ -113,12 +109,7 @@ def _build(
     cleaned = clean_pairs(_chain(data.train, data), data.clean, stats)
     _write_text(_tracked(cleaned, bars, task), train_src, train_tgt)
     bars.update(task, total=stats.read, completed=stats.read)
-    if stats.kept == 0:
-        raise DataError(
-            f"no training pairs left after cleaning ({stats.read} read, {stats.dropped_empty} "
-            f"empty, {stats.dropped_long} too long, {stats.dropped_ratio} bad length ratio); "
-            "check data.train and data.clean"
-        )
+    _check_pairs_left(stats)
 
     task = bars.add_task("training sentencepiece", total=1)
     src_tok, tgt_tok, files = _train_tokenizers(cfg.tokenizer, work, train_src, train_tgt)
@@ -126,7 +117,11 @@ def _build(
     dtype = token_dtype(max(src_tok.vocab_size, tgt_tok.vocab_size))
 
     splits: dict[str, ShardStats] = {}
-    splits["train"] = _encode(train_src, train_tgt, work, "train", src_tok, tgt_tok, dtype, bars)
+    splits["train"] = _encode(
+        train_src, train_tgt, work, "train", src_tok, tgt_tok, dtype, bars,
+        max_tokens=data.clean.max_tokens, stats=stats,
+    )  # fmt: skip
+    _check_pairs_left(stats)
     shutil.rmtree(text_dir)
     for split in ("valid", "test"):
         src_path, tgt_path = work / f"{split}.{data.src_lang}", work / f"{split}.{data.tgt_lang}"
@@ -151,6 +146,7 @@ def _build(
         "splits": {name: s.as_dict() for name, s in splits.items()},
         "cleaning": stats.as_dict(),
         "config": {"data": resolved["data"], "tokenizer": resolved["tokenizer"]},
+        "files": made_files(work, DATA_DIR),
     }
     write_manifest(work, manifest)
     return {name: s.pairs for name, s in splits.items()}, stats, vocab
@@ -212,8 +208,12 @@ def _encode(
     tgt_tok: Tokenizer,
     dtype: Any,
     bars: Progress,
+    *,
+    max_tokens: int | None = None,
+    stats: CleanStats | None = None,
 ) -> ShardStats:
-    """Encode two aligned text files into shards, `ENCODE_CHUNK` lines per tokenizer call."""
+    """Encode two aligned text files into shards, `ENCODE_CHUNK` lines per tokenizer call;
+    with `max_tokens`, pairs longer than that on either side are dropped, counted in `stats`."""
     task = bars.add_task(f"encoding {split}", total=None)
     done = 0
     with (
@@ -225,66 +225,54 @@ def _encode(
         while chunk := list(itertools.islice(lines, ENCODE_CHUNK)):
             src_lines = [s.removesuffix("\n") for s, _ in chunk]
             tgt_lines = [t.removesuffix("\n") for _, t in chunk]
-            writer.add_batch(src_tok.encode_batch(src_lines), tgt_tok.encode_batch(tgt_lines))
+            src_ids, tgt_ids = src_tok.encode_batch(src_lines), tgt_tok.encode_batch(tgt_lines)
+            if max_tokens is not None and stats is not None:
+                src_ids, tgt_ids = _drop_long(src_ids, tgt_ids, max_tokens, stats)
+            writer.add_batch(src_ids, tgt_ids)
             done += len(chunk)
             bars.update(task, completed=done)
     bars.update(task, total=done, completed=done)
     return writer.close()
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """Refuse to replace anything but an earlier preprocess output (or an empty dir)."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise DataError(f"{out_dir} exists and is not a directory; choose another --out")
-    if not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
+def _drop_long(
+    src_ids: list[list[int]], tgt_ids: list[list[int]], max_tokens: int, stats: CleanStats
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Drop pairs over `max_tokens` subwords on either side. The word-count filter cannot see
+    one 60,000-character "word", which encodes to tens of thousands of subwords and would make
+    every batch that holds it allocate gigabytes."""
+    keep = [
+        i
+        for i, (src, tgt) in enumerate(zip(src_ids, tgt_ids, strict=True))
+        if len(src) <= max_tokens and len(tgt) <= max_tokens
+    ]
+    if len(keep) == len(src_ids):
+        return src_ids, tgt_ids
+    dropped = len(src_ids) - len(keep)
+    stats.dropped_long_tokens += dropped
+    stats.kept -= dropped
+    return [src_ids[i] for i in keep], [tgt_ids[i] for i in keep]
+
+
+def _check_pairs_left(stats: CleanStats) -> None:
+    if stats.kept == 0:
         raise DataError(
-            f"{out_dir} exists and is not an nmt_cli data dir (no manifest.json); "
-            "refusing to replace it: choose another --out or remove it"
+            f"no training pairs left after cleaning ({stats.read} read, {stats.dropped_empty} "
+            f"empty, {stats.dropped_long} too long, {stats.dropped_ratio} bad length ratio, "
+            f"{stats.dropped_long_tokens} over data.clean.max_tokens); "
+            "check data.train and data.clean"
         )
 
 
-def _recover_killed_runs(out_dir: Path) -> None:
-    """Clean up after a preprocess that was killed (kill -9, power loss) writing to `out_dir`.
-
-    It leaves its hidden work dir `.NAME.tmp-PID`, which is deleted; or, if it died inside the
-    final swap, the previous output as `.NAME.old-PID` with no `NAME`, which is put back.
-    Leftovers of a process that is still running are not touched.
-    """
-    if not out_dir.parent.is_dir():
-        return
-    for leftover in sorted(out_dir.parent.glob(f".{out_dir.name}.*-*")):
-        stem, _, pid = leftover.name.rpartition("-")
-        if not pid.isdigit() or _process_alive(int(pid)):
-            continue
-        if stem.endswith(".old") and not out_dir.exists():
-            os.rename(leftover, out_dir)
-        elif stem.endswith((".tmp", ".old")):
-            shutil.rmtree(leftover, ignore_errors=True)
+def _data_dir_files(manifest: dict[str, Any]) -> list[str]:
+    """What a preprocess that recorded no "files" in its manifest wrote."""
+    splits = ("train", "valid", "test")
+    langs = [manifest.get(key) for key in ("src_lang", "tgt_lang")]
+    return [
+        *(f"{split}.{side}.{ext}" for split in splits for side in SIDES for ext in ("bin", "idx")),
+        *(f"{split}.{lang}" for split in splits[1:] for lang in langs if isinstance(lang, str)),
+        *(f"{name}.{ext}" for name in ("spm", "spm.src", "spm.tgt") for ext in ("model", "vocab")),
+    ]
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _move_into_place(work: Path, out_dir: Path) -> None:
-    """Rename the finished dir over `out_dir`; the old one is removed only once the new is in."""
-    if not out_dir.exists():
-        os.rename(work, out_dir)
-        return
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    os.rename(out_dir, old)
-    try:
-        os.rename(work, out_dir)
-    except OSError:
-        os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+DATA_DIR = DirKind("data dir", MANIFEST, FORMAT, _data_dir_files)

@@ -8,6 +8,7 @@ TensorBoard gets the same numbers as scalars under RUN/tensorboard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +17,10 @@ from rich.progress import TextColumn
 
 from nmt_cli.console import console, progress
 from nmt_cli.errors import ConfigError
+from nmt_cli.outputs import write_error
+
+# A log line that cannot be written stops the run; the checkpoints already saved stay valid.
+_KEPT = "the checkpoints saved so far are intact"
 
 
 class RunLog:
@@ -44,7 +49,11 @@ class RunLog:
 
     def __enter__(self) -> RunLog:
         if self.enabled:
-            self.file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+            path = self.run_dir / "metrics.jsonl"
+            try:
+                self.file = path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise write_error(path, exc, _KEPT) from None
             self.bar.start()
         return self
 
@@ -53,15 +62,19 @@ class RunLog:
     ) -> None:
         if self.enabled:
             self.bar.stop()
-            self.file.close()
+            with contextlib.suppress(OSError):  # a failed write was reported when it happened
+                self.file.close()
             if self.writer is not None:
                 self.writer.close()
 
     def record(self, step: int, entry: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps({"step": step, **entry}) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps({"step": step, **entry}) + "\n")
+            self.file.flush()
+        except OSError as exc:
+            raise write_error(self.file.name, exc, _KEPT) from None
         if self.writer is not None:
             for name, value in entry.items():
                 self.writer.add_scalar(name, value, step)

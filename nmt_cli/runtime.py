@@ -10,7 +10,8 @@ import random
 import numpy as np
 import torch
 
-from nmt_cli.errors import ConfigError
+from nmt_cli.config import PRECISIONS
+from nmt_cli.errors import ConfigError, show
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -74,10 +75,29 @@ def has_fast_bf16(device: torch.device) -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` becomes bf16 where the hardware runs it natively, fp32 elsewhere."""
+def resolve_precision(precision: str, device: torch.device, *, lstm: bool = False) -> str:
+    """`auto` becomes bf16 where the hardware runs it natively, fp32 elsewhere.
+
+    torch's CPU LSTM (oneDNN) has no fp16 kernel, nor a bf16 one on CPUs without native bf16,
+    and fails in the first forward pass; so for a model with `nn.LSTM` layers (`lstm`) on
+    such a CPU, asking for them is a one-line error.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision {show(precision)} is unknown; use one of {', '.join(PRECISIONS)} "
+            "(--dtype, train.precision)"
+        )
     if precision == "auto":
         return "bf16" if has_fast_bf16(device) else "fp32"
+    if (
+        lstm
+        and device.type == "cpu"
+        and (precision == "fp16" or (precision == "bf16" and not has_fast_bf16(device)))
+    ):
+        raise ConfigError(
+            f"{precision} LSTMs (model.type rnn) have no kernel on this CPU; use fp32 or auto "
+            "(--dtype, train.precision), or a GPU"
+        )
     return precision
 
 

@@ -8,7 +8,8 @@ A run directory holds `last.pt` (everything needed to resume), `best.pt` (best v
 BLEU, or loss with `train.best_metric: loss`; weights only), the last K `step-N.pt` and
 `metrics.jsonl`. Resuming restores the optimizer, the data position, the RNG and the
 early-stopping counters, so a resumed run continues exactly where the interrupted one stopped.
-Ctrl-C or SIGTERM finishes the current update, writes `last.pt` and returns; a second aborts.
+Ctrl-C, SIGTERM or SIGHUP (a closed terminal) finishes the current update, writes `last.pt`
+and returns; a second aborts.
 """
 
 from __future__ import annotations
@@ -22,25 +23,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sacrebleu
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from nmt_cli import distributed
-from nmt_cli.checkpoint import (
-    load_checkpoint,
-    remove_partial_writes,
-    save_checkpoint,
-    tokenizer_entry,
-)
+from nmt_cli.checkpoint import load_checkpoint, save_checkpoint, tokenizer_entry
+from nmt_cli.checkpoint_checks import check_train_state, check_weights_fit
 from nmt_cli.config import Config, config_from_dict, config_to_dict
 from nmt_cli.console import console
-from nmt_cli.data.batching import collate_padded, make_batches
+from nmt_cli.data.batching import collate_padded, make_batches, too_long
 from nmt_cli.data.shards import ShardReader, read_manifest
 from nmt_cli.data.tokenizer import load_tokenizers
 from nmt_cli.distributed import SINGLE_PROCESS, Distributed
 from nmt_cli.errors import CheckpointError, ConfigError, DistributedError
 from nmt_cli.models import build_model
+from nmt_cli.outputs import prepare_directory, remove_partial_writes
 from nmt_cli.runlog import RunLog
 from nmt_cli.runtime import (
     precision_warning,
@@ -77,10 +76,11 @@ def learning_rate(cfg_train: Any, step: int) -> float:
 
 
 class _InterruptFlag:
-    """First Ctrl-C (or SIGTERM, what schedulers and `kill` send) asks the loop to stop at the
-    next update boundary, which then writes last.pt; a second signal aborts at once."""
+    """First Ctrl-C (or SIGTERM, what schedulers and `kill` send, or SIGHUP, what a closed
+    terminal sends) asks the loop to stop at the next update boundary, which then writes
+    last.pt; a second signal aborts at once."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.raised = False
@@ -112,14 +112,10 @@ class Trainer:
     ) -> None:
         self.cfg, self.data_dir, self.run_dir, self.device = cfg, data_dir, run_dir, device
         self.dist = dist
-        self.precision = resolve_precision(cfg.train.precision, device)
+        lstm = cfg.model.type == "rnn"
+        self.precision = resolve_precision(cfg.train.precision, device, lstm=lstm)
         if dist.is_main and (warning := precision_warning(self.precision, device)):
             console.print(f"[yellow]warning:[/] {warning}")
-        if self.precision == "fp16" and device.type == "cpu" and cfg.model.type == "rnn":
-            raise ConfigError(
-                "fp16 LSTMs run only on GPUs (oneDNN has no CPU kernel); on CPU use precision "
-                "fp32, bf16 or auto"
-            )
         manifest = read_manifest(data_dir)
         tok = manifest["tokenizer"]
         self.src_tok, self.tgt_tok = load_tokenizers(data_dir)
@@ -127,12 +123,15 @@ class Trainer:
             self.src_tok.model_bytes, self.tgt_tok.model_bytes, tok["joint"]
         )
         self.train_data = ShardReader(data_dir, "train")
+        self._report_too_long(self.train_data)
         has_valid = manifest["splits"].get("valid", {}).get("pairs", 0) > 0
         self.validates = has_valid and cfg.train.valid_every > 0
-        self.valid_data = (
-            ShardReader(data_dir, "valid") if self.validates and dist.is_main else None
-        )
+        valid_data = ShardReader(data_dir, "valid") if self.validates else None
         self.langs = (manifest["src_lang"], manifest["tgt_lang"])
+        if valid_data is not None:  # on every process: all must stop, not only the validating
+            valid_text = data_dir / f"valid.{self.langs[0]}"
+            check_valid_lengths(valid_data, cfg.model.max_len, valid_text)
+        self.valid_data = valid_data if dist.is_main else None
         self.model = build_model(
             cfg.model, self.src_tok.vocab_size, self.tgt_tok.vocab_size, tok["joint"]
         ).to(device)
@@ -158,6 +157,44 @@ class Trainer:
         self.best_bleu: float | None = None  # validation BLEU of best.pt
         self.best_step: int | None = None
         self.bad_validations = 0
+        self.epoch_batches()  # refuses an accumulation that no epoch can fill
+
+    def epoch_batches(self) -> list[np.ndarray]:
+        """This process's batches of the current epoch, as many as make whole updates.
+
+        An epoch has the same number of batches whatever its shuffle, so `__init__` calls
+        this once to refuse, before anything is written, an accumulation no epoch can fill
+        (the loop would otherwise go round epochs forever without an update).
+        """
+        t, reader, dist = self.cfg.train, self.train_data, self.dist
+        batches = make_batches(reader.src_lengths, reader.tgt_lengths, t.batch_tokens,
+                               seed=t.seed, epoch=self.epoch, rank=dist.rank,
+                               world_size=dist.world_size,
+                               max_len=self.cfg.model.max_len)  # fmt: skip
+        usable = len(batches) - len(batches) % t.accum_steps  # every update is complete
+        if usable == 0:
+            raise ConfigError(
+                f"train.accum_steps {t.accum_steps} needs as many batches per update, but an "
+                f"epoch gives this process only {len(batches)} batches of train.batch_tokens "
+                f"{t.batch_tokens}; lower accum_steps or batch_tokens"
+            )
+        return batches[:usable]
+
+    def _report_too_long(self, reader: ShardReader) -> None:
+        """Training pairs longer than model.max_len are skipped (see `make_batches`)."""
+        max_len = self.cfg.model.max_len
+        skipped = int(too_long(reader.src_lengths, reader.tgt_lengths, max_len).sum())
+        if skipped == len(reader):
+            raise ConfigError(
+                f"all {skipped} training pairs are longer than model.max_len {max_len} "
+                "subwords; raise model.max_len"
+            )
+        if skipped and self.dist.is_main:
+            console.print(
+                f"skipping {skipped} of {len(reader)} training pairs longer than model.max_len "
+                f"{max_len} subwords (source or target)",
+                soft_wrap=True,
+            )
 
     def _training_module(self) -> torch.nn.Module:
         """The model as the forward pass sees it: wrapped by DDP, then compiled, if asked."""
@@ -207,20 +244,28 @@ class Trainer:
         if ckpt["tokenizer"]["src_sha256"] != self.tokenizer["src_sha256"]:
             raise ConfigError(f"--data holds a different tokenizer than {path}; use the run's data")
         state = ckpt["train_state"]
+        check_train_state(path, state)
         saved_world = state.get("world_size", 1)
         if saved_world != self.dist.world_size:
             raise ConfigError(
                 f"{path} was written by {saved_world} training processes and this run has "
                 f"{self.dist.world_size}; resume with --nproc {saved_world}"
             )
+        check_weights_fit(path, self.model, ckpt["model_state"])
         self.model.load_state_dict(ckpt["model_state"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if "updater" in state:
-            self.updater.load_state_dict(state["updater"])
+        try:  # their contents are torch's and the updater's; a wrong one fails here, not later
+            self.optimizer.load_state_dict(state["optimizer"])
+            if "updater" in state:
+                self.updater.load_state_dict(state["updater"])
+            if self.dist.is_main:
+                torch.set_rng_state(state["torch_rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError):
+            raise CheckpointError(
+                f"{path}: its optimizer, updater or RNG state is unreadable; resume from "
+                "another of the run's checkpoints, e.g. a step-N.pt"
+            ) from None
         self.step = ckpt["step"]
-        if self.dist.is_main:
-            torch.set_rng_state(state["torch_rng"])
-        else:  # only rank 0's generator is saved; the others continue on a fresh, distinct one
+        if not self.dist.is_main:  # only rank 0's RNG is saved; the others get a distinct one
             torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.dist.rank + self.step)
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.best_bleu, self.best_step = state["best_bleu"], state["best_step"]
@@ -308,12 +353,8 @@ class Trainer:
         window_tokens, window_start = 0, time.perf_counter()
         deadline = window_start + t.max_seconds if t.max_seconds > 0 else math.inf
         while self.step < t.max_steps:
-            reader, dist = self.train_data, self.dist
-            batches = make_batches(reader.src_lengths, reader.tgt_lengths, t.batch_tokens,
-                                   seed=t.seed, epoch=self.epoch, rank=dist.rank,
-                                   world_size=dist.world_size)  # fmt: skip
-            usable = len(batches) - len(batches) % t.accum_steps  # every update is complete
-            while self.batch_in_epoch < usable:
+            batches = self.epoch_batches()
+            while self.batch_in_epoch < len(batches):
                 group = batches[self.batch_in_epoch : self.batch_in_epoch + t.accum_steps]
                 outcome = self.update(group)
                 self.batch_in_epoch += t.accum_steps
@@ -355,6 +396,20 @@ class Trainer:
         return "max_steps"
 
 
+def check_valid_lengths(reader: ShardReader, max_len: int, text: Path) -> None:
+    """Validation translates every source sentence (the lines of `text`), and the translator
+    refuses one longer than the model's limit: find it now, not after training to the first
+    validation."""
+    lengths = reader.src_lengths
+    over = np.flatnonzero(lengths > max_len)
+    if len(over):
+        line = int(over[0])
+        raise ConfigError(
+            f"validation sentence {text} line {line + 1} has {int(lengths[line])} subwords, more "
+            f"than model.max_len {max_len}; raise model.max_len or shorten the sentence"
+        )
+
+
 def collate_stored(
     reader: ShardReader, indices: Sequence[int], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -383,7 +438,7 @@ def train(
     torch_device = distributed.start(dist, resolve_device(device), cfg.train.collective_timeout)
     try:
         if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            prepare_directory(run_dir, "--out")
             remove_partial_writes(run_dir)
         trainer = Trainer(cfg, data_dir, run_dir, torch_device, dist)
         if resume is not None:

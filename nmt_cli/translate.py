@@ -17,6 +17,7 @@ import torch
 
 from nmt_cli.alignment import replace_unknowns
 from nmt_cli.checkpoint import load_checkpoint
+from nmt_cli.checkpoint_checks import check_weights_fit
 from nmt_cli.config import Config, DecodeConfig, config_from_dict, validate_decode
 from nmt_cli.data.batching import collate_sources
 from nmt_cli.data.corpus import normalize
@@ -24,7 +25,7 @@ from nmt_cli.data.tokenizer import BOS, EOS, UNK, Tokenizer
 from nmt_cli.decode.beam import beam_search
 from nmt_cli.decode.sampling import sample_search
 from nmt_cli.errors import CheckpointError, ConfigError, DataError
-from nmt_cli.models import build_model
+from nmt_cli.models import build_model, build_model_shapes
 from nmt_cli.models.ensemble import Ensemble
 from nmt_cli.models.ntm import MemoryTrace, NTMSeq2Seq
 from nmt_cli.prepack import can_prepack, prepack_linear
@@ -60,7 +61,8 @@ class Translator:
         self.decode = decode
         self.max_input_tokens = max_input_tokens
         self.device = device
-        self.precision = resolve_precision(precision, device)
+        lstm = any(isinstance(m, torch.nn.LSTM) for m in model.modules())
+        self.precision = resolve_precision(precision, device, lstm=lstm)
         self.replace_unk = replace_unk
         self.generator = torch.Generator().manual_seed(decode.seed)  # sampling draws
 
@@ -297,13 +299,8 @@ def _load_model(
     path: str | Path, ckpt: dict, src_tok: Tokenizer, tgt_tok: Tokenizer
 ) -> torch.nn.Module:
     cfg = config_from_dict(ckpt["config"])
-    model = build_model(
-        cfg.model, src_tok.vocab_size, tgt_tok.vocab_size, ckpt["tokenizer"]["joint"]
-    )
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path}: weights do not match its config ({str(exc).splitlines()[0]})"
-        ) from None
+    args = (cfg.model, src_tok.vocab_size, tgt_tok.vocab_size, ckpt["tokenizer"]["joint"])
+    check_weights_fit(Path(path), build_model_shapes(*args), ckpt["model_state"])
+    model = build_model(*args)
+    model.load_state_dict(ckpt["model_state"])
     return model.eval()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sentencepiece as spm
 import yaml
 
 # `datasets` and `huggingface_hub` read these once at import, which can happen during test
@@ -168,6 +169,17 @@ def trained(
 def checkpoint(trained: TrainedRun) -> Path:
     """best.pt of the shared run (weights, config and tokenizer; no training state)."""
     return trained.run_dir / "best.pt"
+
+
+def other_tokenizer(tmp_path: Path) -> bytes:
+    """A real SentencePiece model, trained on other text than the checkpoint's."""
+    text = tmp_path / "other.txt"
+    text.write_text("".join(f"alpha beta gamma delta {i}\n" for i in range(200)))
+    spm.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(tmp_path / "other"), vocab_size=40,
+        hard_vocab_limit=False, minloglevel=2,
+    )  # fmt: skip
+    return (tmp_path / "other.model").read_bytes()
 
 
 # --- running the CLI ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import other_tokenizer
 
 from nmt_cli.alignment import hard_alignment, replace_unknowns, word_of_each_piece
 from nmt_cli.config import RNNModelConfig, TransformerModelConfig
@@ -149,10 +150,10 @@ def test_ensemble_of_one_model_twice_equals_the_model(checkpoint: Path, trained)
 
 
 def test_ensemble_needs_one_vocabulary(checkpoint: Path, tmp_path: Path) -> None:
-    from nmt_cli.checkpoint import load_checkpoint, save_checkpoint
+    from nmt_cli.checkpoint import load_checkpoint, save_checkpoint, tokenizer_entry
 
     ckpt = load_checkpoint(checkpoint)
-    other = dict(ckpt["tokenizer"], src_sha256="0" * 64)
+    other = tokenizer_entry(other_tokenizer(tmp_path), b"", joint=True)
     foreign = save_checkpoint(tmp_path / "other.pt", config=ckpt["config"],
                               model_state=ckpt["model_state"], tokenizer=other, step=1,
                               metrics={})  # fmt: skip

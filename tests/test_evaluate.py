@@ -61,8 +61,14 @@ def test_read_lines_missing_file(tmp_path):
 def test_read_lines_invalid_utf8_names_line(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"fine\nalso fine\ncaf\xe9\n")
-    with pytest.raises(DataError, match=r"bad\.txt, line 3"):
+    with pytest.raises(DataError, match=r"bad\.txt: line 3 is not valid UTF-8"):
         read_lines(path)
+
+
+def test_read_lines_stops_at_an_endless_line() -> None:
+    """/dev/zero has no newline: one error after MAX_LINE_BYTES, not a process filling memory."""
+    with pytest.raises(DataError, match=r"/dev/zero: line 1 is longer than 1 MiB"):
+        read_lines("/dev/zero")
 
 
 def test_render_table_goes_to_given_console():

@@ -199,7 +199,7 @@ def test_translator_input_errors(exported: Path) -> None:
     with pytest.raises(DataError, match="input line 2 has 60 tokens, more than the model's limit"):
         ct2.translate(["1 2", " ".join("1" * 60)])
     with pytest.raises(ConfigError, match="more than the 1024 positions"):
-        CTranslate2Translator(exported, {"max_len_a": 200.0}).translate(["1 2 3 4 5 6 7 8 9 0"])
+        CTranslate2Translator(exported, {"max_len_b": 2000}).translate(["1 2 3 4 5 6 7 8 9 0"])
     with pytest.raises(ConfigError, match="n-best 3 with beam 2: beam search needs"):
         CTranslate2Translator(exported, {"beam": 2, "n_best": 3})
     with pytest.raises(CheckpointError, match="not a CTranslate2 model written by nmt export"):

@@ -125,6 +125,32 @@ def test_empty_train_after_cleaning(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.tsv"]
 
 
+def test_a_pair_over_max_tokens_subwords_is_dropped(tmp_path: Path) -> None:
+    """A 60,000-character "word" passes the word-count filter; its subwords do not."""
+    write_corpus(tmp_path)
+    with (tmp_path / "train.de").open("a", encoding="utf-8") as src:
+        src.write("der " + "".join(random.Random(1).choices("abcdefghijklmnop", k=60_000)) + "\n")
+    with (tmp_path / "train.en").open("a", encoding="utf-8") as tgt:
+        tgt.write("the word\n")
+    out = tmp_path / "data"
+    result = preprocess(make_config(tmp_path), out, show_progress=False)
+    assert result.clean.dropped_long_tokens == 1
+    assert (result.clean.read, result.clean.kept) == (204, 200)
+    assert result.pairs["train"] == 200
+    assert read_manifest(out)["cleaning"]["dropped_long_tokens"] == 1
+    assert ShardReader(out, "train").src_lengths.max() <= 250
+
+
+def test_no_pairs_left_after_the_subword_filter(tmp_path: Path) -> None:
+    write_corpus(tmp_path)
+    cfg = make_config(tmp_path)
+    cfg = Config(data=replace(cfg.data, clean=CleanConfig(max_words=20, max_tokens=1)),
+                 tokenizer=cfg.tokenizer)  # fmt: skip
+    with pytest.raises(DataError, match=r"no training pairs left .* 20\d over data.clean.max_tok"):
+        preprocess(cfg, tmp_path / "data", show_progress=False)
+    assert not (tmp_path / "data").exists() and leftovers(tmp_path) == []
+
+
 def test_no_train_sources() -> None:
     with pytest.raises(ConfigError, match="data.train is empty; add a source"):
         preprocess(Config(), Path("unused"), show_progress=False)

@@ -26,7 +26,7 @@ from nmt_cli.config import TransformerModelConfig, config_from_dict
 from nmt_cli.data.batching import collate
 from nmt_cli.data.shards import ShardReader, ShardWriter
 from nmt_cli.distributed import Distributed
-from nmt_cli.errors import CheckpointError, DataError
+from nmt_cli.errors import DataError, OutputError
 from nmt_cli.models import build_model
 from nmt_cli.preprocess import preprocess
 from nmt_cli.train import train
@@ -149,7 +149,7 @@ def test_kill_9_while_writing_checkpoints_never_breaks_last_pt(
                     "--set", f"train.max_steps={last['step'] + 3}"], timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert load_checkpoint(run / "last.pt")["step"] == last["step"] + 3
-    assert not list(run.glob(".*.tmp-*"))  # the killed writes' leftovers were removed
+    assert not list(run.glob(".*.nmt-tmp-*"))  # the killed writes' leftovers were removed
 
 
 def test_sigterm_writes_last_pt_and_exits_cleanly(
@@ -210,7 +210,7 @@ def test_a_full_disk_is_a_one_line_error_and_last_pt_survives(
     assert error.startswith("error: could not write"), error
     assert "previous file is intact; free disk space" in error
     assert (run / "last.pt").read_bytes() == good
-    assert not list(run.glob(".*.tmp-*"))
+    assert not list(run.glob(".*.nmt-tmp-*"))
 
 
 def _copy_task_recipe(recipe_file, size: int) -> Path:
@@ -235,13 +235,13 @@ def test_kill_9_during_preprocess_keeps_the_data_dir_and_is_cleaned_up(
     proc = subprocess.Popen([sys.executable, "-m", "nmt_cli", "preprocess",
                              str(task_recipe(400_000)), "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    work = tmp_path / f".data.tmp-{proc.pid}"
     deadline = time.monotonic() + 120
-    while not list(work.glob("train.src.bin")) and time.monotonic() < deadline:
+    while not list(tmp_path.glob(f".data.nmt-work-{proc.pid}-*/train.src.bin")):
+        assert time.monotonic() < deadline
         time.sleep(0.05)  # until it is writing shards
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    assert work.is_dir()  # what a killed run leaves
+    (work,) = tmp_path.glob(f".data.nmt-work-{proc.pid}-*")  # what a killed run leaves
     assert (out / "manifest.json").read_bytes() == manifest
     assert len(ShardReader(out, "train")) == 2000
     assert run_nmt(["preprocess", str(task_recipe(3000)), "--out", str(out)]).returncode == 0
@@ -272,14 +272,14 @@ def test_a_data_dir_caught_mid_swap_by_a_kill_is_put_back(
     make_recipe, recipe_file, tmp_path: Path, run_nmt
 ) -> None:
     """A preprocess killed between its two renames leaves the earlier output as
-    `.data.old-PID` and no `data`: the next run puts it back before anything else, so even
-    when that run fails (here on a corrupt corpus) the data dir is there and loads."""
+    `.data.nmt-old-PID-TOKEN` and no `data`: the next run puts it back before anything else,
+    so even when that run fails (here on a corrupt corpus) the data dir is there and loads."""
     out = tmp_path / "data"
     assert run_nmt(["preprocess", str(_copy_task_recipe(recipe_file, 2000)), "--out",
                     str(out)]).returncode == 0  # fmt: skip
     dead = subprocess.Popen(["true"])
     dead.wait()  # a process id that no longer runs
-    out.rename(tmp_path / f".data.old-{dead.pid}")
+    out.rename(tmp_path / f".data.nmt-old-{dead.pid}-0123abcd")
     bad_src = tmp_path / "bad.src"
     bad_src.write_text("1 2\n3 4\n")
     (tmp_path / "bad.tgt").write_text("2 1\n")  # one line short
@@ -304,12 +304,13 @@ def test_enospc_while_saving_a_checkpoint_keeps_the_previous_one(
     target = save_checkpoint(tmp_path / "last.pt", **fields)
     good = target.read_bytes()
 
-    def half_then_full(payload, path) -> None:
-        Path(path).write_bytes(good[: len(good) // 2])
-        _no_space_left()
+    def half_then_full(payload, out) -> None:
+        out.write(good[: len(good) // 2])
+        out.handle = open("/dev/full", "wb", buffering=0)  # noqa: SIM115 - the disk fills up
+        out.write(good[len(good) // 2 :])
 
     monkeypatch.setattr(checkpoint_module.torch, "save", half_then_full)
-    with pytest.raises(CheckpointError, match="No space left on device") as caught:
+    with pytest.raises(OutputError, match="No space left on device") as caught:
         save_checkpoint(target, **fields)
     assert "the previous file is intact; free disk space" in str(caught.value)
     assert target.read_bytes() == good

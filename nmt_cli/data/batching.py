@@ -26,15 +26,22 @@ def make_batches(
     epoch: int,
     rank: int = 0,
     world_size: int = 1,
+    max_len: int | None = None,
 ) -> list[np.ndarray]:
     """Index arrays, one per batch, for this rank; lengths exclude the BOS/EOS added later.
 
     Sentences are sorted by length with random tie-breaking, cut greedily into batches whose
     padded size (count x longest side + 1) stays within `batch_tokens`, then the batches are
-    shuffled. With several ranks every rank gets the same number of batches.
+    shuffled. With several ranks every rank gets the same number of batches. Pairs with a
+    side longer than `max_len` are left out (see `too_long`): one 60,000-character "word" of
+    tens of thousands of subwords asks the Transformer for tens of gigabytes at the same step
+    of every epoch. Without any such pair the batches are those of no `max_len`.
     """
     rng = np.random.default_rng([seed, epoch])
-    longest = np.maximum(src_lengths, tgt_lengths) + 1  # + EOS / BOS
+    kept = np.arange(len(src_lengths))
+    if max_len is not None:
+        kept = np.flatnonzero(~too_long(src_lengths, tgt_lengths, max_len))
+    longest = np.maximum(src_lengths[kept], tgt_lengths[kept]) + 1  # + EOS / BOS
     order = np.lexsort((rng.random(len(longest)), longest))
     batches: list[np.ndarray] = []
     start = 0
@@ -42,11 +49,16 @@ def make_batches(
         end = start + 1
         while end < len(order) and longest[order[end]] * (end + 1 - start) <= batch_tokens:
             end += 1
-        batches.append(order[start:end])
+        batches.append(kept[order[start:end]])
         start = end
     rng.shuffle(batches)
     usable = len(batches) - len(batches) % world_size if world_size > 1 else len(batches)
     return batches[rank:usable:world_size]
+
+
+def too_long(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """Which pairs have a side longer than `max_len` tokens (a bool mask)."""
+    return (src_lengths > max_len) | (tgt_lengths > max_len)
 
 
 def pad_rows(sentences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:

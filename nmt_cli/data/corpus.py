@@ -241,13 +241,15 @@ def normalize(text: str) -> str:
 
 @dataclass
 class CleanStats:
-    """Counts of training pairs read, kept and dropped per filter."""
+    """Counts of training pairs read, kept and dropped per filter; `dropped_long_tokens`
+    counts pairs over `max_tokens` subwords, found only when the tokenizer encodes them."""
 
     read: int = 0
     kept: int = 0
     dropped_empty: int = 0
     dropped_long: int = 0
     dropped_ratio: int = 0
+    dropped_long_tokens: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
