@@ -51,11 +51,18 @@ def user_errors() -> Iterator[None]:
     except NMTError as exc:
         # soft_wrap: rich would otherwise wrap at 80 columns when stderr is not a terminal
         # escape: a path like "runs/[old]/x.pt" is text, not rich markup
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        # one_line: a file name may hold a newline, and the error must stay one line
+        message = escape(_one_line(str(exc)))
+        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
         raise typer.Exit(130) from None
+
+
+def _one_line(text: str) -> str:
+    """`text` with its line breaks written as escapes (`\\n`), as a shell would show them."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 @app.command()

@@ -413,7 +413,9 @@ def _build(cls: type, raw: Any, prefix: str, skip: set[str] = frozenset()) -> An
                 if near
                 else f"; valid keys: {', '.join(names)}"
             )
-            shown = key if isinstance(key, str) and len(key) <= 100 else show(key)
+            shown = (
+                key if isinstance(key, str) and len(key) <= 100 and key.isprintable() else show(key)
+            )
             raise ConfigError(f"unknown recipe key {prefix}{shown}{hint}")
         kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
     return cls(**kwargs)

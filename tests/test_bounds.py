@@ -395,3 +395,14 @@ def test_a_checkpoint_config_naming_a_huge_model_is_refused_before_allocating(
                           preexec_fn=small_memory)  # fmt: skip
     assert done.returncode == 1
     assert "weights do not match its config" in one_error_line(done.stderr)
+
+
+def test_a_file_name_with_a_newline_keeps_the_error_on_one_line(run_nmt, tmp_path: Path) -> None:
+    """Messages name the user's paths; a newline in one is shown escaped, not as a line break."""
+    missing = tmp_path / "two\nlines" / "model.pt"
+    done = run_nmt(["translate", str(missing)], stdin=b"1 2\n")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: checkpoint not found: {tmp_path}/two\\nlines/model.pt; pass the path of a .pt "
+        "from nmt train"
+    ]

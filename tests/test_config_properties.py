@@ -129,7 +129,10 @@ def perturbed(draw, base: dict) -> tuple[dict, list[tuple]]:
     for _ in range(draw(st.sampled_from([1, 1, 2, 3]))):  # a section, then one of its keys
         keys.append(draw(st.sampled_from(sections[draw(st.sampled_from(sorted(sections)))])))
         near = draw(st.booleans())
-        put(raw, keys[-1], draw(plausible(value_at(raw, keys[-1])) if near else hostile))
+        value = draw(plausible(value_at(raw, keys[-1])) if near else hostile)
+        # a copy: a later change may write into a drawn list or dict, and sampled_from hands
+        # out the same objects to every example
+        put(raw, keys[-1], copy.deepcopy(value))
     event(f"sections {sorted({k[0] for k in keys})}")
     return raw, keys
 
