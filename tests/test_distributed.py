@@ -154,8 +154,9 @@ def test_a_killed_process_stops_the_others_with_one_line_errors(
     run = LongDDPRun(runs["ddp_recipe"], reverse_data, tmp_path / "run")
     run.wait_for_checkpoint()
     os.kill(run.rank_pid(1), signal.SIGKILL)
-    errors = _error_lines(run.finish())
-    assert len(errors) == 2, errors
+    done = run.finish()
+    errors = _error_lines(done)
+    assert len(errors) == 2, done.stderr[-3000:]
     assert errors[0].startswith("error: training process 0 lost contact with the others")
     assert errors[1].startswith("error: training process 1 was killed (SIGKILL)")
     assert f"--resume {tmp_path / 'run' / 'last.pt'}" in errors[1]
