@@ -27,7 +27,7 @@ import torch
 
 import nmt_cli
 from nmt_cli.checkpoint_checks import check_archive, check_payload
-from nmt_cli.errors import CheckpointError
+from nmt_cli.errors import CheckpointError, first_line
 from nmt_cli.outputs import open_output
 
 FORMAT = "nmt_cli.checkpoint"
@@ -104,7 +104,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             ) from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
             raise CheckpointError(
-                f"{path} is corrupt or truncated ({_first_line(exc)}); use another checkpoint, "
+                f"{path} is corrupt or truncated ({first_line(exc)}); use another checkpoint, "
                 "e.g. the run's best.pt or a step-N.pt"
             ) from None
         except pickle.UnpicklingError as exc:
@@ -183,8 +183,3 @@ def _open_regular_file(path: Path) -> BinaryIO:
         )
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:120] if text else type(exc).__name__

@@ -21,7 +21,7 @@ import torch
 
 from nmt_cli.config import config_from_dict
 from nmt_cli.data.tokenizer import Tokenizer
-from nmt_cli.errors import CheckpointError, ConfigError, DataError
+from nmt_cli.errors import CheckpointError, ConfigError, DataError, first_line
 
 USE_ANOTHER = "use another checkpoint, e.g. the run's best.pt or a step-N.pt"
 
@@ -77,7 +77,7 @@ def check_payload(path: Path, payload: dict[str, Any]) -> None:
     try:
         config_from_dict(payload["config"])
     except (ConfigError, TypeError, ValueError) as exc:  # the file's containers, not a recipe
-        raise CheckpointError(f"{path}: its config is invalid ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: its config is invalid ({first_line(exc)})") from None
     _check_weights(path, payload["model_state"])
 
 
@@ -198,7 +198,7 @@ def check_archive(path: Path, handle: IO[bytes]) -> None:
                     )
     except (zipfile.BadZipFile, ValueError, OSError, struct.error) as exc:
         raise CheckpointError(
-            f"{path} is corrupt or truncated ({_first_line(exc)}); {USE_ANOTHER}"
+            f"{path} is corrupt or truncated ({first_line(exc)}); {USE_ANOTHER}"
         ) from None
 
 
@@ -223,8 +223,3 @@ def shown(text: str, limit: int = 80) -> str:
     """A name from a file, bounded and printable, for a one-line message."""
     cut = "".join(c if c.isprintable() else "?" for c in text[:limit])
     return cut + "..." if len(text) > limit else cut
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:120] if text else type(exc).__name__

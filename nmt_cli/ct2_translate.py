@@ -41,7 +41,7 @@ from nmt_cli.data.corpus import normalize
 from nmt_cli.data.tokenizer import EOS, Tokenizer
 from nmt_cli.decode import max_output_lengths
 from nmt_cli.decode.beam import length_penalty
-from nmt_cli.errors import CheckpointError, ConfigError, show
+from nmt_cli.errors import CheckpointError, ConfigError, first_line, show
 from nmt_cli.export import DECODE_KEYS, FORMAT, FORMAT_VERSION, METADATA, import_ctranslate2
 from nmt_cli.translate import Translation, encode_sources
 
@@ -92,10 +92,12 @@ class CTranslate2Translator:
                 intra_threads=intra_threads,
             )
         except ValueError as exc:  # e.g. a compute type this machine does not support
-            raise ConfigError(f"CTranslate2 cannot run {model_dir}: {_first_line(exc)}") from None
+            raise ConfigError(
+                f"CTranslate2 cannot run {model_dir}: {first_line(exc, 160)}"
+            ) from None
         except RuntimeError as exc:
             raise CheckpointError(
-                f"{model_dir}: CTranslate2 cannot load it ({_first_line(exc)}); "
+                f"{model_dir}: CTranslate2 cannot load it ({first_line(exc, 160)}); "
                 "export it again with nmt export"
             ) from None
 
@@ -324,8 +326,3 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

@@ -8,6 +8,13 @@ exits 1, so a user never sees a traceback for a mistake they can correct.
 import reprlib
 
 
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """The first line of a library's error, cut to `limit` characters, to quote inside ours
+    (torch and CTranslate2 raise messages of many lines)."""
+    text = str(exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__
+
+
 class NMTError(Exception):
     """Base class: the message is shown to the user as-is."""
 

@@ -42,7 +42,7 @@ from nmt_cli.checkpoint import load_checkpoint
 from nmt_cli.checkpoint_checks import check_weights_fit
 from nmt_cli.config import Config, DecodeConfig, config_from_dict
 from nmt_cli.data.tokenizer import BOS, EOS, UNK, Tokenizer
-from nmt_cli.errors import CheckpointError, ConfigError, DataError
+from nmt_cli.errors import CheckpointError, ConfigError, DataError, first_line
 from nmt_cli.models import build_model, build_model_shapes
 from nmt_cli.models.transformer import (
     DecoderLayer,
@@ -108,7 +108,7 @@ def export_ctranslate2(
         spec.optimize(quantization=None if quantization == "none" else quantization)
     except ValueError as exc:  # a weight the spec lacks, or one of the wrong shape
         raise CheckpointError(
-            f"{checkpoint}: CTranslate2 rejected the model ({_first_line(exc)}); "
+            f"{checkpoint}: CTranslate2 rejected the model ({first_line(exc, 160)}); "
             "export a checkpoint written by this nmt_cli version"
         ) from None
     decode, not_carried = _split_decode(cfg.decode)
@@ -312,8 +312,3 @@ def _set_norm(spec, norm: torch.nn.LayerNorm) -> None:
 def _array(tensor: torch.Tensor):
     """A float32 numpy copy (weights may be stored in another float type)."""
     return tensor.detach().to(torch.float32).numpy().copy()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

@@ -329,7 +329,7 @@ def remove_partial_writes(directory: str | os.PathLike[str]) -> None:
         return
     for entry in entries:
         match = _TEMP_NAME.fullmatch(entry)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or writer_alive(int(match.group(1))):
             continue
         path = Path(directory, entry)
         with contextlib.suppress(OSError):
@@ -337,7 +337,9 @@ def remove_partial_writes(directory: str | os.PathLike[str]) -> None:
                 os.unlink(path)
 
 
-def _alive(pid: int) -> bool:
+def writer_alive(pid: int) -> bool:
+    """Whether the process that left a temporary name may still be writing it: recovery after
+    a kill (here and in `owned_dirs`) touches only what a dead writer left."""
     if pid == os.getpid():
         return True
     try:

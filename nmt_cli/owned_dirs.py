@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nmt_cli.errors import DataError
+from nmt_cli.outputs import writer_alive
 
 STAMP = ".nmt-owner.json"
 _STAMP_FORMAT = "nmt_cli.work_dir"
@@ -193,7 +194,7 @@ def _recover_killed_writers(out: Path, kind: DirKind) -> None:
     for name in names:
         match = pattern.fullmatch(name)
         leftover = out.parent / name
-        if match is None or not _plain_dir(leftover) or _process_alive(int(match[2])):
+        if match is None or not _plain_dir(leftover) or writer_alive(int(match[2])):
             continue
         role, pid, token = match[1], int(match[2]), match[3]
         if role == "work" and (
@@ -230,13 +231,3 @@ def _plain_dir(path: Path) -> bool:
         return stat.S_ISDIR(path.lstat().st_mode)
     except OSError:
         return False
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True

@@ -9,7 +9,6 @@ can fill), skips training pairs over model.max_len, and saves last.pt on SIGHUP.
 from __future__ import annotations
 
 import dataclasses
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import Corpus, recipe, reverse_pairs, write_parallel, write_recipe
-from test_robust_training import _wait_for_new_lines
 from typer.testing import CliRunner
 
 from nmt_cli.checkpoint import load_checkpoint, save_checkpoint
@@ -353,23 +351,6 @@ def test_accumulation_no_epoch_can_fill_is_refused_at_once(
     assert error.startswith("error: train.accum_steps 5000 needs as many batches per update, ")
     assert "batches of train.batch_tokens 400; lower accum_steps or batch_tokens" in error
     assert not list(run.glob("*.pt"))
-
-
-def test_sighup_saves_last_pt(make_recipe, recipe_file, reverse_data: Path, tmp_path: Path) -> None:
-    """A closed terminal sends SIGHUP: training stops as on SIGTERM, with last.pt written."""
-    run = tmp_path / "run"
-    path = recipe_file(make_recipe(train={"max_steps": 100_000, "valid_every": 100_000,
-                                          "log_every": 1}))  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "nmt_cli", "train", str(path), "--data",
-                             str(reverse_data), "--out", str(run), "--device", "cpu"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    _wait_for_new_lines(run / "metrics.jsonl", 0, new=3)
-    proc.send_signal(signal.SIGHUP)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr.decode()
-    assert b"interrupted: saved" in stderr and b"Traceback" not in stderr
-    last = load_checkpoint(run / "last.pt")
-    assert "train_state" in last and last["step"] >= 3
 
 
 def test_a_checkpoint_config_naming_a_huge_model_is_refused_before_allocating(

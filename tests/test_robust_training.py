@@ -152,11 +152,13 @@ def test_kill_9_while_writing_checkpoints_never_breaks_last_pt(
     assert not list(run.glob(".*.nmt-tmp-*"))  # the killed writes' leftovers were removed
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_writes_last_pt_and_exits_cleanly(
-    make_recipe, recipe_file, reverse_data: Path, tmp_path: Path, run_nmt
+    sig: signal.Signals, make_recipe, recipe_file, reverse_data: Path, tmp_path: Path, run_nmt
 ) -> None:
-    """SIGTERM (what `kill` and batch schedulers send) stops like Ctrl-C: the current update
-    finishes, last.pt is written with its training state, and the run can be resumed."""
+    """SIGTERM (what `kill` and batch schedulers send) and SIGHUP (what a closed terminal
+    sends) stop like Ctrl-C: the current update finishes, last.pt is written with its
+    training state, and the run can be resumed."""
     run = tmp_path / "run"
     recipe = recipe_file(make_recipe(train={"max_steps": 100_000, "valid_every": 100_000,
                                             "log_every": 1}))  # fmt: skip
@@ -164,7 +166,7 @@ def test_sigterm_writes_last_pt_and_exits_cleanly(
                              str(reverse_data), "--out", str(run), "--device", "cpu"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     _wait_for_new_lines(run / "metrics.jsonl", 0, new=3)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr.decode()
     assert b"interrupted: saved" in stderr and b"Traceback" not in stderr
