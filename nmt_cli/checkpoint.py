@@ -81,7 +81,9 @@ def save_checkpoint(
     }
     if train_state is not None:
         payload["train_state"] = train_state
-    with open_output(path, binary=True) as out:  # a file object: torch opens no path itself
+    # a file object: torch opens no path itself; split_links: last.pt may be a link of a
+    # step-N.pt, whose contents must stay
+    with open_output(path, binary=True, split_links=True) as out:
         torch.save(payload, out)
     return path
 

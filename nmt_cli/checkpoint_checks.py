@@ -47,8 +47,10 @@ TRAIN_STATE_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "optimizer": ((dict,), True),
     "updater": ((dict,), False),
     "epoch": ((int,), True),
-    "batch_in_epoch": ((int,), True),
+    "batch_in_epoch": ((int,), True),  # global batches; per process without the next field
+    "batches_per_update": ((int,), False),
     "world_size": ((int,), False),
+    "data": ((dict,), False),
     "torch_rng": ((torch.Tensor,), True),
     "best_score": (_SCORE, False),
     "best_bleu": (_SCORE, True),

@@ -23,7 +23,7 @@ except ImportError:
     from click.exceptions import UsageError
 
 from nmt_cli.console import console
-from nmt_cli.errors import ConfigError, DataError, NMTError
+from nmt_cli.errors import ConfigError, DataError, NMTError, RelayedError
 from nmt_cli.streams import MAX_LINE_BYTES
 
 _MAX_LINE = MAX_LINE_BYTES >> 20  # MiB, for --input's help
@@ -48,6 +48,12 @@ def user_errors() -> Iterator[None]:
     """Turn input errors into one red line and exit 1; Ctrl-C into exit 130."""
     try:
         yield
+    except RelayedError as exc:
+        if os.environ.get("LOCAL_WORLD_SIZE") == os.environ.get("WORLD_SIZE"):
+            raise typer.Exit(1) from None  # rank 0 said it on this machine's terminal
+        console.print(f"[bold red]error:[/] {escape(_one_line(str(exc)))}", highlight=False,
+                      soft_wrap=True)  # fmt: skip
+        raise typer.Exit(1) from None
     except NMTError as exc:
         # soft_wrap: rich would otherwise wrap at 80 columns when stderr is not a terminal
         # escape: a path like "runs/[old]/x.pt" is text, not rich markup
@@ -98,8 +104,18 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run directory for checkpoints and logs.")],
     resume: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--resume", help="Continue the run from this checkpoint (RUN/last.pt)."),
+        typer.Option(
+            "--resume",
+            help="Continue from this checkpoint with this command's train settings (without "
+            "it, a --out holding a run of the same settings is continued by itself).",
+        ),
     ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart", help="Start over: move a run already in --out aside to OUT.old-N."
+        ),
+    ] = False,
     set_: SetOption = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     nproc: Annotated[
@@ -107,8 +123,13 @@ def train(
     ] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Train a model; writes last.pt, best.pt, step-N.pt and metrics.jsonl to --out."""
+    """Train a model into --out (checkpoints, train.log, metrics.jsonl, config.yaml).
+
+    Run again, the same command continues the run. Stopped by SIGTERM, SIGUSR1 or SIGHUP it
+    saves last.pt and exits 75 (Ctrl-C: 130); a run that ends exits 0.
+    """
     from nmt_cli.config import load_config
+    from nmt_cli.distributed import stop_exit_code
     from nmt_cli.train import train as run_train
 
     with user_errors():
@@ -122,13 +143,15 @@ def train(
 
         args = ["train", str(recipe), "--data", str(data), "--out", str(out), "--device", device]
         args += ["--resume", str(resume)] if resume else []
+        args += ["--restart"] if restart else []
         args += [arg for value in set_ or [] for arg in ("--set", value)]
         args += ["--json"] if json_ else []
         with user_errors():
             exit_code = launch(nproc, args, out)
         raise typer.Exit(exit_code)
     with user_errors():
-        result = run_train(load_config(recipe, set_ or []), data, out, resume=resume, device=device)
+        result = run_train(load_config(recipe, set_ or []), data, out, resume=resume,
+                           restart=restart, device=device)  # fmt: skip
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
         return
     summary = {
@@ -145,10 +168,12 @@ def train(
         console.print_json(data=summary)
     if result.stopped_by == "interrupted":
         console.print(
-            f"interrupted: saved {out / 'last.pt'}; continue with --resume {out / 'last.pt'}",
+            f"stopped by {result.signal or 'a signal to another process'}: saved "
+            f"{out / 'last.pt'}; run the same command again to continue",
             soft_wrap=True,
+            highlight=False,
         )
-        raise typer.Exit(130)
+        raise typer.Exit(stop_exit_code(result.signal))
 
 
 @app.command()

@@ -349,6 +349,11 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return _plain(dataclasses.asdict(cfg))
 
 
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as a recipe: `load_config` reads it back to an equal `Config`."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
 def validate(cfg: Config) -> None:
     """Check value ranges and choices that the types alone cannot express."""
     check_ranges(cfg)

@@ -20,10 +20,12 @@ import datetime
 import logging
 import os
 import re
+import signal
 import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -67,6 +69,23 @@ class Distributed:
         tensor = torch.tensor([float(flag)], device=self._collective_device())
         self.all_reduce_sum(tensor)
         return bool(tensor.item())
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj` (any picklable value, tensors included), on every process: how the
+        others get a checkpoint that only rank 0 can read."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.is_main else None]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every process's `obj`, in rank order, on every process."""
+        if not self.enabled:
+            return [obj]
+        gathered: list[Any] = [None] * self.world_size
+        torch_dist.all_gather_object(gathered, obj)
+        return gathered
 
     def barrier(self) -> None:
         """Wait until every process gets here (a no-op for one process)."""
@@ -123,11 +142,11 @@ def collective_failure_reason(exc: BaseException) -> str:
 
 
 def resume_advice(run_dir: Path) -> str:
-    """What to do after a run stopped in the middle: resume from last.pt, if it was written."""
+    """What to do after a run stopped in the middle: the same command continues it."""
     last = run_dir / "last.pt"
     if last.exists():
-        return f"{last} is intact: continue with --resume {last}"
-    return "no checkpoint was written yet: start the run again"
+        return f"{last} is intact: run the same command again to continue from it"
+    return "no checkpoint was written yet: run the same command again to start over"
 
 
 def stop(dist: Distributed) -> None:
@@ -143,13 +162,15 @@ def launch(nproc: int, nmt_args: Sequence[str], run_dir: Path) -> int:
     API, so that a failure reads as one line instead of the launcher's report. When one
     process dies the launcher stops the others. The processes run in sessions of their own,
     so Ctrl-C (or SIGTERM) reaches the launcher alone; it passes the signal on once, each
-    process stops cleanly with a checkpoint, and the launcher waits for them.
+    process stops cleanly with a checkpoint, and the launcher waits for them. SIGUSR1 (what
+    SLURM sends before a time limit) is passed on too.
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: processes share cores
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
@@ -165,6 +186,19 @@ def launch(nproc: int, nmt_args: Sequence[str], run_dir: Path) -> int:
             f"training process {rank} was killed ({failure.signal_name()}) and the others "
             f"were stopped; {resume_advice(run_dir)}"
         ) from None
-    except SignalException:
-        return 130  # the processes have saved last.pt and said how to resume
+    except SignalException as exc:  # the processes have saved last.pt and said how to go on
+        return stop_exit_code(signal.Signals(exc.sigval).name)
     return 0
+
+
+# The signals torchrun's agent passes on to the training processes: its default set, and
+# SIGUSR1. Set TORCHELASTIC_SIGNALS_TO_HANDLE to this for `torchrun` started by hand.
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+STOPPED_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: stopped with last.pt written; run it again
+
+
+def stop_exit_code(signal_name: str | None) -> int:
+    """Ctrl-C (SIGINT) exits 130 as shells expect; a scheduler's SIGTERM or SIGUSR1, a closed
+    terminal's SIGHUP, or a signal to another process exits 75: "saved, run me again"."""
+    return 130 if signal_name == "SIGINT" else STOPPED_EXIT_CODE

@@ -39,6 +39,10 @@ class DistributedError(NMTError):
     """A training process lost contact with the others: one of them died or hung."""
 
 
+class RelayedError(NMTError):
+    """Rank 0's error, passed to a process that has nothing to add to it."""
+
+
 class OutputError(NMTError):
     """An output cannot be written: its directory is missing or read-only, or the disk is full."""
 

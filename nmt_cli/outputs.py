@@ -40,6 +40,7 @@ _MAX_NAME_BYTES = 200  # of NAME in a temporary name; file names are limited to 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 _NO_DIRECTORY = {errno.ENOENT, errno.ENOTDIR}
+_NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 INTACT = "the previous file is intact"
 NOTHING_WRITTEN = "nothing was written"
@@ -104,8 +105,15 @@ class Output:
 
 
 @contextlib.contextmanager
-def open_output(path: str | os.PathLike[str] | None, *, binary: bool = False) -> Iterator[Output]:
-    """Yield an `Output` for `path` (None or `-`: stdout), kept only if the block succeeds."""
+def open_output(
+    path: str | os.PathLike[str] | None, *, binary: bool = False, split_links: bool = False
+) -> Iterator[Output]:
+    """Yield an `Output` for `path` (None or `-`: stdout), kept only if the block succeeds.
+
+    `split_links`: a hard-linked target gets a new inode instead of new contents. A run
+    directory's checkpoints share inodes by design (`link_output`), and writing last.pt into
+    its inode would rewrite the step-N.pt it is a link of.
+    """
     if path is None or str(path) == "-":
         if sys.stdout is None:
             raise OutputError("stdout is closed; redirect it to a file or pass an output path")
@@ -118,7 +126,7 @@ def open_output(path: str | os.PathLike[str] | None, *, binary: bool = False) ->
         yield from _write_through(path, target, binary)
         return
     kept = NOTHING_WRITTEN if existing is None else INTACT
-    hardlinked = existing is not None and existing.st_nlink > 1
+    hardlinked = existing is not None and existing.st_nlink > 1 and not split_links
     try:
         fd, tmp = _create_temp(target.parent, target.name)
     except OSError as exc:
@@ -234,6 +242,35 @@ def _copy_into(tmp: Path, target: Path) -> None:
         with os.fdopen(fd, "wb") as dest:
             shutil.copyfileobj(source, dest)
             dest.truncate()
+
+
+def link_output(source: Path, target: Path) -> None:
+    """Make `target` another name of the complete file `source`: a hard link (no second
+    write of the bytes), or a copy where the filesystem has none. One rename puts it in
+    place, so `target` is at every moment either its old file or the new one."""
+    kept = INTACT if _stat_or_none(target) is not None else NOTHING_WRITTEN
+    while True:
+        tmp = target.parent / f"{_temp_prefix(target.name)}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.link(source, tmp)
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise write_error(target, exc, kept) from None
+            with (
+                open(source, "rb") as data,
+                open_output(target, binary=True, split_links=True) as out,
+            ):
+                shutil.copyfileobj(data, out)
+            return
+    try:
+        os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise write_error(target, exc, kept) from None
 
 
 def check_output(

@@ -4,16 +4,22 @@ and sacreBLEU), checkpoints, early stopping, resume, and data-parallel processes
 The arithmetic of one update (accumulation, mixed precision, clipping, the non-finite
 guard) lives in `update.py`, process groups in `distributed.py`, reporting in `runlog.py`.
 
-A run directory holds `last.pt` (everything needed to resume), `best.pt` (best validation
-BLEU, or loss with `train.best_metric: loss`; weights only), the last K `step-N.pt` and
-`metrics.jsonl`. Resuming restores the optimizer, the data position, the RNG and the
-early-stopping counters, so a resumed run continues exactly where the interrupted one stopped.
-Ctrl-C, SIGTERM or SIGHUP (a closed terminal) finishes the current update, writes `last.pt`
-and returns; a second aborts.
+A run directory holds the last K `step-N.pt` (everything needed to resume), `last.pt` and
+`best.pt` (best validation BLEU, or loss with `train.best_metric: loss`) as hard links to one
+of them, `metrics.jsonl`, `train.log` and `config.yaml`. Resuming restores the optimizer, the
+data position, the RNG and the early-stopping counters, so a resumed run continues exactly
+where the interrupted one stopped; the same command run again resumes by itself
+(`run_dir.py`). Ctrl-C, SIGTERM, SIGUSR1 (SLURM's warning before a time limit) or SIGHUP (a
+closed terminal) finishes the current update, writes `last.pt` and returns; a second aborts.
+
+The data position is a position in the epoch's global sequence of batches: an update takes
+the next `accum_steps x processes` of them, each process every world_size-th. A run may so
+resume on another number of processes as long as that product, the global batch, is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import math
@@ -29,17 +35,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from nmt_cli import distributed
-from nmt_cli.checkpoint import load_checkpoint, save_checkpoint, tokenizer_entry
+from nmt_cli.checkpoint import save_checkpoint, tokenizer_entry
 from nmt_cli.checkpoint_checks import check_train_state, check_weights_fit
-from nmt_cli.config import Config, config_from_dict, config_to_dict
-from nmt_cli.console import console
+from nmt_cli.config import Config, config_from_dict, config_to_dict, config_to_yaml
 from nmt_cli.data.batching import collate_padded, make_batches, too_long
 from nmt_cli.data.shards import ShardReader, read_manifest
 from nmt_cli.data.tokenizer import load_tokenizers
 from nmt_cli.distributed import SINGLE_PROCESS, Distributed
 from nmt_cli.errors import CheckpointError, ConfigError, DistributedError
 from nmt_cli.models import build_model
-from nmt_cli.outputs import prepare_directory, remove_partial_writes
+from nmt_cli.outputs import link_output
+from nmt_cli.run_dir import agree_on_start, data_identity
 from nmt_cli.runlog import RunLog
 from nmt_cli.runtime import (
     precision_warning,
@@ -60,6 +66,7 @@ class TrainResult:
     best_step: int | None
     seconds: float
     stopped_by: str  # max_steps | time_limit | early_stopping | interrupted
+    signal: str | None = None  # the signal that interrupted this process, e.g. "SIGUSR1"
 
 
 def learning_rate(cfg_train: Any, step: int) -> float:
@@ -76,14 +83,15 @@ def learning_rate(cfg_train: Any, step: int) -> float:
 
 
 class _InterruptFlag:
-    """First Ctrl-C (or SIGTERM, what schedulers and `kill` send, or SIGHUP, what a closed
-    terminal sends) asks the loop to stop at the next update boundary, which then writes
-    last.pt; a second signal aborts at once."""
+    """The first stop signal asks the loop to stop at the next update boundary, which then
+    writes last.pt; a second signal aborts at once. Ctrl-C sends SIGINT, `kill` and batch
+    schedulers SIGTERM, SLURM SIGUSR1 before a time limit, a closed terminal SIGHUP."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.raised = False
+        self.name: str | None = None
 
     def __enter__(self) -> _InterruptFlag:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
@@ -92,7 +100,7 @@ class _InterruptFlag:
     def _handle(self, signum, frame) -> None:
         if self.raised:
             raise KeyboardInterrupt
-        self.raised = True
+        self.raised, self.name = True, signal.Signals(signum).name
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -112,26 +120,26 @@ class Trainer:
     ) -> None:
         self.cfg, self.data_dir, self.run_dir, self.device = cfg, data_dir, run_dir, device
         self.dist = dist
+        self.notes: list[str] = []  # for the run's log: the library itself prints nothing
         lstm = cfg.model.type == "rnn"
         self.precision = resolve_precision(cfg.train.precision, device, lstm=lstm)
-        if dist.is_main and (warning := precision_warning(self.precision, device)):
-            console.print(f"[yellow]warning:[/] {warning}")
-        manifest = read_manifest(data_dir)
-        tok = manifest["tokenizer"]
+        if warning := precision_warning(self.precision, device):
+            self.notes.append(f"warning: {warning}")
+        self.manifest = read_manifest(data_dir)
+        tok = self.manifest["tokenizer"]
         self.src_tok, self.tgt_tok = load_tokenizers(data_dir)
         self.tokenizer = tokenizer_entry(
             self.src_tok.model_bytes, self.tgt_tok.model_bytes, tok["joint"]
         )
         self.train_data = ShardReader(data_dir, "train")
         self._report_too_long(self.train_data)
-        has_valid = manifest["splits"].get("valid", {}).get("pairs", 0) > 0
+        has_valid = self.manifest["splits"].get("valid", {}).get("pairs", 0) > 0
         self.validates = has_valid and cfg.train.valid_every > 0
-        valid_data = ShardReader(data_dir, "valid") if self.validates else None
-        self.langs = (manifest["src_lang"], manifest["tgt_lang"])
-        if valid_data is not None:  # on every process: all must stop, not only the validating
+        self.valid_data = ShardReader(data_dir, "valid") if self.validates else None
+        self.langs = (self.manifest["src_lang"], self.manifest["tgt_lang"])
+        if self.valid_data is not None:  # on every process: all must stop, not only rank 0
             valid_text = data_dir / f"valid.{self.langs[0]}"
-            check_valid_lengths(valid_data, cfg.model.max_len, valid_text)
-        self.valid_data = valid_data if dist.is_main else None
+            check_valid_lengths(self.valid_data, cfg.model.max_len, valid_text)
         self.model = build_model(
             cfg.model, self.src_tok.vocab_size, self.tgt_tok.vocab_size, tok["joint"]
         ).to(device)
@@ -150,33 +158,35 @@ class Trainer:
             max_bad_updates=cfg.train.max_bad_updates,
             dist=dist,
         )
+        self.batches_per_update = cfg.train.accum_steps * dist.world_size  # the global batch
         self.step = 0
         self.epoch = 0
-        self.batch_in_epoch = 0  # batches of this process's slice already used
+        self.batch_in_epoch = 0  # global batches of this epoch already used, by all processes
         self.best_score: float | None = None  # larger is better (see `_score`)
         self.best_bleu: float | None = None  # validation BLEU of best.pt
         self.best_step: int | None = None
         self.bad_validations = 0
-        self.epoch_batches()  # refuses an accumulation that no epoch can fill
+        self.epoch_batches()  # refuses a global batch that no epoch can fill
 
     def epoch_batches(self) -> list[np.ndarray]:
-        """This process's batches of the current epoch, as many as make whole updates.
+        """The current epoch's global sequence of batches, as many as make whole updates.
 
-        An epoch has the same number of batches whatever its shuffle, so `__init__` calls
-        this once to refuse, before anything is written, an accumulation no epoch can fill
-        (the loop would otherwise go round epochs forever without an update).
+        Every process computes the same sequence (a pure function of seed and epoch) and
+        takes its share of each update from it. An epoch has the same number of batches
+        whatever its shuffle, so `__init__` calls this once to refuse, before anything is
+        written, a global batch no epoch can fill (the loop would go round epochs forever).
         """
-        t, reader, dist = self.cfg.train, self.train_data, self.dist
+        t, reader = self.cfg.train, self.train_data
         batches = make_batches(reader.src_lengths, reader.tgt_lengths, t.batch_tokens,
-                               seed=t.seed, epoch=self.epoch, rank=dist.rank,
-                               world_size=dist.world_size,
+                               seed=t.seed, epoch=self.epoch,
                                max_len=self.cfg.model.max_len)  # fmt: skip
-        usable = len(batches) - len(batches) % t.accum_steps  # every update is complete
+        usable = len(batches) - len(batches) % self.batches_per_update
         if usable == 0:
             raise ConfigError(
-                f"train.accum_steps {t.accum_steps} needs as many batches per update, but an "
-                f"epoch gives this process only {len(batches)} batches of train.batch_tokens "
-                f"{t.batch_tokens}; lower accum_steps or batch_tokens"
+                f"an update takes train.accum_steps {t.accum_steps} x {self.dist.world_size} "
+                f"processes = {self.batches_per_update} batches, but an epoch gives only "
+                f"{len(batches)} batches of train.batch_tokens {t.batch_tokens}; lower "
+                "accum_steps or batch_tokens"
             )
         return batches[:usable]
 
@@ -189,11 +199,10 @@ class Trainer:
                 f"all {skipped} training pairs are longer than model.max_len {max_len} "
                 "subwords; raise model.max_len"
             )
-        if skipped and self.dist.is_main:
-            console.print(
+        if skipped:
+            self.notes.append(
                 f"skipping {skipped} of {len(reader)} training pairs longer than model.max_len "
-                f"{max_len} subwords (source or target)",
-                soft_wrap=True,
+                f"{max_len} subwords (source or target)"
             )
 
     def _training_module(self) -> torch.nn.Module:
@@ -207,7 +216,9 @@ class Trainer:
         return module
 
     # --- checkpoints -----------------------------------------------------------------------
-    def save(self, path: Path, metrics: dict[str, float], with_train_state: bool) -> None:
+    def save(self, path: Path, metrics: dict[str, float], with_train_state: bool = True) -> None:
+        """One serialisation of the run; a hard-linked `path` gets a new inode (never new
+        contents: last.pt and best.pt may be links of a step-N.pt)."""
         train_state = None
         if with_train_state:
             train_state = {
@@ -215,7 +226,9 @@ class Trainer:
                 "updater": self.updater.state_dict(),
                 "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch,
+                "batches_per_update": self.batches_per_update,
                 "world_size": self.dist.world_size,
+                "data": data_identity(self.manifest),
                 "torch_rng": torch.get_rng_state(),
                 "best_score": self.best_score,
                 "best_bleu": self.best_bleu,
@@ -232,11 +245,12 @@ class Trainer:
             train_state=train_state,
         )
 
-    def restore(self, path: Path) -> None:
-        ckpt = load_checkpoint(path)
+    def restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Continue from checkpoint `ckpt` (read from `path` by rank 0, sent to all)."""
         if "train_state" not in ckpt:
             raise CheckpointError(f"{path} holds no training state; resume from RUN/last.pt")
-        if config_from_dict(ckpt["config"]).model != self.cfg.model:
+        stored = config_from_dict(ckpt["config"])
+        if stored.model != self.cfg.model:
             raise ConfigError(
                 f"the recipe's model section differs from the one {path} was trained with; "
                 "resume with the same recipe"
@@ -245,12 +259,7 @@ class Trainer:
             raise ConfigError(f"--data holds a different tokenizer than {path}; use the run's data")
         state = ckpt["train_state"]
         check_train_state(path, state)
-        saved_world = state.get("world_size", 1)
-        if saved_world != self.dist.world_size:
-            raise ConfigError(
-                f"{path} was written by {saved_world} training processes and this run has "
-                f"{self.dist.world_size}; resume with --nproc {saved_world}"
-            )
+        self._check_global_batch(path, state, stored.train.accum_steps)
         check_weights_fit(path, self.model, ckpt["model_state"])
         self.model.load_state_dict(ckpt["model_state"])
         try:  # their contents are torch's and the updater's; a wrong one fails here, not later
@@ -268,14 +277,46 @@ class Trainer:
         if not self.dist.is_main:  # only rank 0's RNG is saved; the others get a distinct one
             torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.dist.rank + self.step)
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        if "batches_per_update" not in state:  # older runs counted each process's batches
+            self.batch_in_epoch *= state.get("world_size", 1)
         self.best_bleu, self.best_step = state["best_bleu"], state["best_step"]
         self.best_score = state.get("best_score", self.best_bleu)  # older runs ranked by BLEU
         self.bad_validations = state["bad_validations"]
 
-    def _save_step_checkpoint(self, metrics: dict[str, float]) -> None:
-        self.save(self.run_dir / f"step-{self.step}.pt", metrics, with_train_state=True)
-        steps = sorted(int(p.stem.split("-")[1]) for p in self.run_dir.glob("step-*.pt"))
-        for old in steps[: max(len(steps) - self.cfg.train.keep_last, 0)]:
+    def _check_global_batch(self, path: Path, state: dict[str, Any], stored_accum: int) -> None:
+        """The data position counts global batches, so a run may go on with any number of
+        processes that keeps the batches per update (processes x accum_steps)."""
+        saved_world = state.get("world_size", 1)
+        saved = state.get("batches_per_update", saved_world * stored_accum)
+        if saved == self.batches_per_update:
+            return
+        world = self.dist.world_size
+        fix = (
+            f"set train.accum_steps {saved // world}"
+            if saved % world == 0
+            else f"run a number of processes that divides {saved}"
+        )
+        raise ConfigError(
+            f"{path} was trained with {saved} batches per update ({saved_world} processes x "
+            f"train.accum_steps {saved // saved_world}) and this run makes "
+            f"{self.batches_per_update} ({world} x {self.cfg.train.accum_steps}); {fix} to "
+            "keep the global batch"
+        )
+
+    def write_checkpoints(self, metrics: dict[str, float], improved: bool) -> None:
+        """One serialisation per validation: step-N.pt, with last.pt (and best.pt, when
+        `improved`) as hard links to it; then the oldest step-N.pt beyond keep_last go."""
+        keep = self.cfg.train.keep_last
+        written = self.run_dir / (f"step-{self.step}.pt" if keep else "last.pt")
+        self.save(written, metrics)
+        if keep:
+            link_output(written, self.run_dir / "last.pt")
+        if improved:
+            link_output(written, self.run_dir / "best.pt")
+        steps = sorted(
+            int(p.stem[5:]) for p in self.run_dir.glob("step-*.pt") if p.stem[5:].isdigit()
+        )
+        for old in steps[: max(len(steps) - keep, 0)]:
             (self.run_dir / f"step-{old}.pt").unlink(missing_ok=True)
 
     # --- one update ------------------------------------------------------------------------
@@ -287,43 +328,56 @@ class Trainer:
         ]
         return self.updater(batches, learning_rate(self.cfg.train, self.step + 1))
 
-    # --- validation (rank 0) ---------------------------------------------------------------
+    # --- validation (every process takes a share) ------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Validation loss (no smoothing) and sacreBLEU with the run's decoding settings."""
+        """Validation loss (no smoothing) and sacreBLEU with the run's decoding settings.
+
+        Each process scores every world_size-th batch and translates every world_size-th
+        sentence; rank 0 gathers the translations in order, so BLEU is the one a single
+        process computes. On the other processes valid_bleu is NaN.
+        """
         self.model.eval()
-        total, count = 0.0, 0
+        rank, world = self.dist.rank, self.dist.world_size
         reader = self.valid_data
-        for indices in make_batches(
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        batches = make_batches(
             reader.src_lengths, reader.tgt_lengths, self.cfg.train.batch_tokens, seed=0, epoch=0
-        ):
+        )
+        for indices in batches[rank::world]:
             batch = collate_stored(reader, indices, self.device)
             loss, ntokens = token_loss(self.model, batch, label_smoothing=0.0,
                                        device=self.device, precision=self.precision)  # fmt: skip
-            total, count = total + float(loss), count + int(ntokens)
+            totals += torch.stack([loss.double(), ntokens.double()])
+        self.dist.all_reduce_sum(totals)
+        total, count = totals.tolist()
         src_lang, tgt_lang = self.langs
         sources = (self.data_dir / f"valid.{src_lang}").read_text(encoding="utf-8").splitlines()
-        refs = (self.data_dir / f"valid.{tgt_lang}").read_text(encoding="utf-8").splitlines()
         translator = Translator.from_config(
             self.cfg, self.model, self.src_tok, self.tgt_tok, self.device
         )
-        hyps = [t.text for t in translator.translate(sources)]
-        bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
+        mine = [t.text for t in translator.translate(sources[rank::world])]
+        shares = self.dist.all_gather_object(mine)
+        bleu = math.nan
+        if self.dist.is_main:
+            hyps = [""] * len(sources)
+            for share_rank, share in enumerate(shares):
+                hyps[share_rank::world] = share
+            refs = (self.data_dir / f"valid.{tgt_lang}").read_text(encoding="utf-8").splitlines()
+            bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
         return {"valid_loss": total / max(count, 1), "valid_bleu": bleu}
 
-    def after_validation(self, metrics: dict[str, float]) -> bool:
-        """Save checkpoints; return True when early stopping says to stop."""
+    def judge(self, metrics: dict[str, float]) -> tuple[bool, bool]:
+        """Whether this validation is the best so far, and whether early stopping says stop."""
         score = self._score(metrics)
-        if self.best_score is None or score > self.best_score:
+        improved = self.best_score is None or score > self.best_score
+        if improved:
             self.best_score, self.best_bleu = score, metrics["valid_bleu"]
             self.best_step, self.bad_validations = self.step, 0
-            self.save(self.run_dir / "best.pt", metrics, with_train_state=False)
         else:
             self.bad_validations += 1
-        self._save_step_checkpoint(metrics)
-        self.save(self.run_dir / "last.pt", metrics, with_train_state=True)
         patience = self.cfg.train.patience
-        return patience > 0 and self.bad_validations >= patience
+        return improved, patience > 0 and self.bad_validations >= patience
 
     def _score(self, metrics: dict[str, float]) -> float:
         """The figure that ranks checkpoints, larger is better: validation BLEU, or minus the
@@ -333,13 +387,17 @@ class Trainer:
         return metrics["valid_bleu"]
 
     def validate_and_checkpoint(self, record: Callable[[dict[str, float]], None]) -> bool:
-        """Rank 0 validates and saves while the others wait; all learn whether to stop."""
-        early_stop = False
+        """All processes validate; rank 0 records, judges and writes the one checkpoint file
+        while the others go on to the next update (they wait there only for that write)."""
+        metrics = self.validate()
+        improved = early_stop = False
         if self.dist.is_main:
-            metrics = self.validate()
             record(metrics)
-            early_stop = self.after_validation(metrics)
-        return self.dist.broadcast_flag(early_stop)
+            improved, early_stop = self.judge(metrics)
+        early_stop = self.dist.broadcast_flag(early_stop)
+        if self.dist.is_main:
+            self.write_checkpoints(metrics, improved)
+        return early_stop
 
     # --- the loop --------------------------------------------------------------------------
     def run(
@@ -348,16 +406,18 @@ class Trainer:
         record: Callable[[dict[str, float]], None],
         on_step: Callable[[int, float], None] | None = None,
     ) -> str:
-        """Update until max_steps, max_seconds, early stopping or Ctrl-C; return which one."""
-        t = self.cfg.train
+        """Update until max_steps, max_seconds, early stopping or a signal; return which one."""
+        t, dist = self.cfg.train, self.dist
         window_tokens, window_start = 0, time.perf_counter()
         deadline = window_start + t.max_seconds if t.max_seconds > 0 else math.inf
         while self.step < t.max_steps:
             batches = self.epoch_batches()
             while self.batch_in_epoch < len(batches):
-                group = batches[self.batch_in_epoch : self.batch_in_epoch + t.accum_steps]
-                outcome = self.update(group)
-                self.batch_in_epoch += t.accum_steps
+                update = batches[
+                    self.batch_in_epoch : self.batch_in_epoch + self.batches_per_update
+                ]
+                outcome = self.update(update[dist.rank :: dist.world_size])
+                self.batch_in_epoch += self.batches_per_update
                 window_tokens += outcome.tokens
                 if outcome.applied:
                     self.step += 1
@@ -366,7 +426,7 @@ class Trainer:
                 # rank 0's clock decides, so that processes cannot part ways by a millisecond
                 now = time.perf_counter()
                 out_of_time = (deadline < math.inf and outcome.applied
-                               and self.dist.broadcast_flag(now >= deadline))  # fmt: skip
+                               and dist.broadcast_flag(now >= deadline))  # fmt: skip
                 at_end = self.step == t.max_steps or out_of_time
                 if outcome.applied and (self.step % t.log_every == 0 or at_end):
                     tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
@@ -387,7 +447,7 @@ class Trainer:
                 # or the resumed run (which starts at the next step) would never run it.
                 if early_stop:
                     return "early_stopping"
-                if self.dist.any(interrupt.raised):  # every process stops at the same update
+                if dist.any(interrupt.raised):  # every process stops at the same update
                     return "interrupted"
                 if at_end:
                     return "time_limit" if out_of_time else "max_steps"
@@ -417,47 +477,100 @@ def collate_stored(
     return collate_padded(*reader.padded("src", indices), *reader.padded("tgt", indices), device)
 
 
+STOP_REASONS = {
+    "max_steps": "reached train.max_steps",
+    "time_limit": "reached train.max_seconds",
+    "early_stopping": "early stopping (train.patience)",
+    "interrupted": "a signal to another training process",
+}
+
+
+def with_data_sections(cfg: Config, manifest: dict[str, Any]) -> Config:
+    """`cfg` with the data and tokenizer sections that made the shards it trains on (kept in
+    their manifest), so that a checkpoint and config.yaml describe what was really used."""
+    made_by = manifest.get("config")
+    if not made_by:  # data directories of older versions kept no config
+        return cfg
+    sections = {"data": made_by["data"], "tokenizer": made_by["tokenizer"]}
+    return config_from_dict({**config_to_dict(cfg), **sections})
+
+
+def banner(trainer: Trainer, start: str) -> list[str]:
+    """The run's start-up lines: what a person reading train.log days later needs to know."""
+    cfg, dist, device = trainer.cfg, trainer.dist, trainer.device
+    t, splits = cfg.train, trainer.manifest["splits"]
+    params = sum(p.numel() for p in trainer.model.parameters())
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    train_split = splits["train"]
+    preset = f" {cfg.model.preset}" if getattr(cfg.model, "preset", None) else ""
+    return [
+        start,
+        f"model: {cfg.model.type}{preset}, {params:,} parameters",
+        f"devices: {dist.world_size} x {device.type} ({hardware}), precision {trainer.precision}, "
+        f"{torch.get_num_threads()} threads per process",
+        f"batches: {t.batch_tokens:,} tokens per process x accum_steps {t.accum_steps} x "
+        f"{dist.world_size} processes = up to {t.batch_tokens * trainer.batches_per_update:,} "
+        "tokens per update",
+        f"data: {train_split['pairs']:,} training pairs ({train_split['src_tokens']:,} + "
+        f"{train_split['tgt_tokens']:,} subwords), "
+        f"{splits.get('valid', {}).get('pairs', 0):,} validation pairs, vocabulary "
+        f"{trainer.src_tok.vocab_size:,} / {trainer.tgt_tok.vocab_size:,}",
+    ]
+
+
 def train(
     cfg: Config,
     data_dir: str | Path,
     run_dir: str | Path,
     *,
     resume: str | Path | None = None,
+    restart: bool = False,
     device: str = "auto",
     show_progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train `cfg.model` on the shards in `data_dir`, writing checkpoints to `run_dir`.
 
-    Under torchrun every process calls this; rank 0 alone writes to `run_dir`.
+    A `run_dir` holding a checkpoint of the same config and data is continued (see
+    `run_dir.py`); `restart` moves it aside first, `resume` continues from another checkpoint.
+    Under torchrun every process calls this; rank 0 alone reads and writes `run_dir`.
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
+    if resume is not None and restart:
+        raise ConfigError("--resume continues a run and --restart starts over: give one of them")
     dist = distributed.from_environment()
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed + dist.rank)  # distinct dropout; DDP syncs initial weights
     torch_device = distributed.start(dist, resolve_device(device), cfg.train.collective_timeout)
     try:
-        if dist.is_main:
-            prepare_directory(run_dir, "--out")
-            remove_partial_writes(run_dir)
-        trainer = Trainer(cfg, data_dir, run_dir, torch_device, dist)
-        if resume is not None:
-            trainer.restore(Path(resume))
-        started = time.perf_counter()
-        log = RunLog(run_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard,
-                     show_progress=show_progress, total_steps=cfg.train.max_steps,
-                     start_step=trainer.step)  # fmt: skip
-        with _InterruptFlag() as interrupt, log:
-            stopped_by = trainer.run(
-                interrupt, lambda entry: log.record(trainer.step, entry), on_step
-            )
-            if dist.is_main and (stopped_by == "interrupted" or not trainer.validates):
-                trainer.save(run_dir / "last.pt", {}, with_train_state=True)
-        # Leave together: a process that exits while another still writes its checkpoint
-        # closes the connections the other's process group is using.
-        dist.barrier()
+        with contextlib.ExitStack() as held:
+            cfg = with_data_sections(cfg, read_manifest(data_dir))
+            start = agree_on_start(dist, cfg, data_dir, run_dir, held,
+                                   resume=Path(resume) if resume else None,
+                                   restart=restart)  # fmt: skip
+            trainer = Trainer(cfg, data_dir, run_dir, torch_device, dist)
+            if start.checkpoint is not None:
+                trainer.restore(start.checkpoint, start.path)
+            note, start = start.note, None  # the checkpoint's tensors are in the model now
+            started = time.perf_counter()
+            log = RunLog(run_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard,
+                         show_progress=show_progress, total_steps=cfg.train.max_steps,
+                         start_step=trainer.step, config_yaml=config_to_yaml(cfg))  # fmt: skip
+            held.enter_context(log)
+            for line in [*banner(trainer, note), *trainer.notes]:
+                log.say(line)
+            with _InterruptFlag() as interrupt:
+                stopped_by = trainer.run(interrupt, lambda entry: log.record(
+                    trainer.step, {**entry, "epoch": trainer.epoch + 1}), on_step)  # fmt: skip
+                if dist.is_main and (stopped_by == "interrupted" or not trainer.validates):
+                    trainer.save(run_dir / "last.pt", {})
+            log.say(f"stopped at step {trainer.step}: {interrupt.name or STOP_REASONS[stopped_by]}")
+            # Leave together: a process that exits while another still writes its checkpoint
+            # closes the connections the other's process group is using.
+            dist.barrier()
         result = TrainResult(run_dir, trainer.step, trainer.best_bleu, trainer.best_step,
-                             time.perf_counter() - started, stopped_by)  # fmt: skip
+                             time.perf_counter() - started, stopped_by,
+                             interrupt.name)  # fmt: skip
         if dist.enabled:
             # The DDP module refers to the process group (through reference cycles): free
             # both now. Freed at interpreter exit instead, gloo's threads can no longer take

@@ -62,10 +62,13 @@ def test_end_to_end(
     assert summary["steps"] == 30 and summary["stopped_by"] == "max_steps"
     assert summary["best_step"] == 30
     assert sorted(p.name for p in run.iterdir()) == [
+        ".nmt-train.lock",
         "best.pt",
+        "config.yaml",
         "last.pt",
         "metrics.jsonl",
         "step-30.pt",
+        "train.log",
     ]
     model = load_checkpoint(run / "best.pt")["config"]["model"]
     if variant == "gnmt":

@@ -6,18 +6,24 @@ accumulates the same two batches: same global batch, same per-token normalisatio
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Completed
+import torch
+from conftest import Completed, nmt_subprocess
 from test_train import read_metrics
 
+from nmt_cli import distributed
 from nmt_cli.checkpoint import load_checkpoint
+from nmt_cli.config import config_from_dict
+from nmt_cli.train import Trainer
 
 STEPS = 20
 
@@ -56,35 +62,162 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs) -> None:
 
 def test_only_rank_zero_writes_the_run_directory(runs) -> None:
     names = sorted(p.name for p in runs["two"].iterdir())
-    assert names == ["best.pt", "last.pt", "metrics.jsonl", f"step-{STEPS}.pt"]
+    assert names == [".nmt-train.lock", "best.pt", "config.yaml", "last.pt", "metrics.jsonl",
+                     f"step-{STEPS}.pt", "train.log"]  # fmt: skip
     assert load_checkpoint(runs["two"] / "last.pt")["train_state"]["world_size"] == 2
+    assert "devices: 2 x cpu" in (runs["two"] / "train.log").read_text()
 
 
-def test_distributed_resume_continues_exactly(
-    runs, reverse_data: Path, tmp_path: Path, run_nmt
-) -> None:
-    half = tmp_path / "half"
-    recipe = runs["ddp_recipe"]
-    _train(run_nmt, recipe, reverse_data, half, "--nproc", "2", "--set",
-           f"train.max_steps={STEPS // 2}")  # fmt: skip
-    _train(run_nmt, recipe, reverse_data, half, "--nproc", "2", "--resume",
-           str(half / "last.pt"))  # fmt: skip
-    want, _ = read_metrics(runs["two"])
-    got, _ = read_metrics(half)
-    assert sorted(got) == list(range(1, STEPS + 1))
-    for step in range(STEPS // 2 + 1, STEPS + 1):
-        assert got[step] == pytest.approx(want[step], rel=1e-6), step
+def _assert_losses_equal(run: Path, want: Path) -> None:
+    """Every step's loss within 1e-3 of `want`'s, which trained without interruption."""
+    got, expected = read_metrics(run)[0], read_metrics(want)[0]
+    assert sorted(got) == sorted(expected) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert got[step] == pytest.approx(expected[step], rel=1e-3), step
 
 
-def test_resume_with_another_process_count_is_refused(
-    runs, reverse_data: Path, tmp_path: Path, run_nmt
-) -> None:
+def test_a_one_process_run_continues_on_two(runs, reverse_data: Path, tmp_path: Path) -> None:
+    """Stopped by SIGTERM, the same command on two processes (accumulating half as much, the
+    same global batch) continues the run by itself."""
+    run, recipe = tmp_path / "run", runs["ddp_recipe"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nmt_cli", "train", str(recipe), "--data", str(reverse_data),
+         "--out", str(run), "--device", "cpu", "--set", "train.accum_steps=2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    while not (run / "metrics.jsonl").exists() or len(read_metrics(run)[0]) < 3:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=WAIT) == 75
+    assert load_checkpoint(run / "last.pt")["step"] < STEPS
+    done = _train(nmt_subprocess, recipe, reverse_data, run, "--nproc", "2")
+    assert "continuing the run in" in done.stderr
+    _assert_losses_equal(run, runs["one"])
+
+
+def test_a_two_process_run_resumes_on_one(runs, reverse_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train(nmt_subprocess, runs["ddp_recipe"], reverse_data, run, "--nproc", "2",
+           "--set", f"train.max_steps={STEPS // 2}")  # fmt: skip
+    _train(nmt_subprocess, runs["ddp_recipe"], reverse_data, run, "--resume",
+           str(run / "last.pt"), "--set", "train.accum_steps=2")  # fmt: skip
+    _assert_losses_equal(run, runs["two"])
+
+
+def test_another_global_batch_is_refused(runs, reverse_data: Path, tmp_path: Path, run_nmt) -> None:
     done = run_nmt(["train", str(runs["ddp_recipe"]), "--data", str(reverse_data), "--out",
                     str(tmp_path / "x"), "--device", "cpu", "--resume",
                     str(runs["two"] / "last.pt")])  # fmt: skip
-    assert done.returncode == 1
-    assert "written by 2 training processes" in done.stderr and "--nproc 2" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "trained with 2 batches per update (2 processes x train.accum_steps 1)" in done.stderr
+    assert "set train.accum_steps 2 to keep the global batch" in done.stderr
+
+
+# --- two machines, as torchrun starts them (here: two "nodes" on localhost) -----------------
+
+
+class TwoNodes:
+    """`torchrun --nnodes 2` twice, as on two machines: each in its own directory, so node 1
+    never sees node 0's run directory (no shared filesystem). Node 0 gets rank 0: the
+    rendezvous ranks nodes by address, and it has the lower one."""
+
+    def __init__(self, root: Path, recipe: Path, data: Path, *extra: str) -> None:
+        port = _free_port()
+        self.dirs = [root / "node0", root / "node1"]
+        self.procs = []
+        for node, cwd in enumerate(self.dirs):
+            cwd.mkdir(exist_ok=True)
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank",
+                 str(node), "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+                 "--rdzv_endpoint", f"127.0.0.1:{port}", "--local-addr", f"127.0.0.{node + 1}",
+                 "-m", "nmt_cli", "train", str(recipe), "--data", str(data), "--out", "run",
+                 "--device", "cpu", *extra],
+                cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+            ))  # fmt: skip
+
+    @property
+    def run(self) -> Path:
+        return self.dirs[0] / "run"
+
+    def finish(self) -> list[str]:
+        """Each node's stderr, once both have exited."""
+        try:
+            return [p.communicate(timeout=WAIT)[1].decode() for p in self.procs]
+        finally:
+            for p in self.procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_equal_one_process_and_resume_from_rank_zero_alone(
+    runs, reverse_data: Path, tmp_path: Path
+) -> None:
+    """Two nodes stop at step 10, then resume with --resume run/last.pt: node 1 has no such
+    file, so rank 0 reads it and sends the state over."""
+    first = TwoNodes(tmp_path, runs["ddp_recipe"], reverse_data,
+                     "--set", f"train.max_steps={STEPS // 2}")  # fmt: skip
+    errors = first.finish()
+    assert [p.returncode for p in first.procs] == [0, 0], errors[0][-3000:]
+    assert not (first.dirs[1] / "run").exists()
+    second = TwoNodes(tmp_path, runs["ddp_recipe"], reverse_data, "--resume", "run/last.pt")
+    errors = second.finish()
+    assert [p.returncode for p in second.procs] == [0, 0], errors[0][-3000:]
+    assert not (second.dirs[1] / "run").exists()
+    _assert_losses_equal(second.run, runs["one"])
+
+
+def test_a_killed_node_is_one_line_on_the_other_and_the_same_command_continues(
+    runs, reverse_data: Path, tmp_path: Path
+) -> None:
+    long_run = ("--set", "train.max_steps=100000", "--set", "train.valid_every=20")
+    nodes = TwoNodes(tmp_path, runs["ddp_recipe"], reverse_data, *long_run)
+    _wait_for(lambda: (nodes.run / "last.pt").exists(), nodes.procs)
+    os.kill(_child_of(nodes.procs[1].pid), signal.SIGKILL)  # node 1's training process
+    stderr = nodes.finish()[0]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr[-3000:]
+    assert errors[0].startswith("error: training process 0 lost contact with the others")
+    assert "run the same command again to continue" in errors[0]
+    step = load_checkpoint(nodes.run / "last.pt")["step"]
+
+    again = TwoNodes(tmp_path, runs["ddp_recipe"], reverse_data, *long_run)
+    _wait_for(lambda: _last_step(again.run) > step + 2, again.procs)
+    for proc in again.procs:  # as a scheduler stops a job: torchrun passes SIGTERM on
+        proc.send_signal(signal.SIGTERM)
+    again.finish()
+    assert load_checkpoint(again.run / "last.pt")["step"] > step + 2
+    assert f"continuing the run in run from step {step}" in (again.run / "train.log").read_text()
+
+
+def _wait_for(condition, procs: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert all(p.poll() is None for p in procs), "a node exited early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _last_step(run: Path) -> int:
+    """The last step metrics.jsonl names (0 before the first line)."""
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return max((json.loads(line)["step"] for line in lines[:-1]), default=0)  # [-1]: partial
+
+
+def _child_of(pid: int) -> int:
+    """The one training process torchrun `pid` started."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
 
 
 # --- a process that dies, hangs or is interrupted ------------------------------------------
@@ -159,7 +292,7 @@ def test_a_killed_process_stops_the_others_with_one_line_errors(
     assert len(errors) == 2, done.stderr[-3000:]
     assert errors[0].startswith("error: training process 0 lost contact with the others")
     assert errors[1].startswith("error: training process 1 was killed (SIGKILL)")
-    assert f"--resume {tmp_path / 'run' / 'last.pt'}" in errors[1]
+    assert f"{tmp_path / 'run' / 'last.pt'} is intact: run the same command again" in errors[1]
     _assert_resumable(run_nmt, runs["ddp_recipe"], reverse_data, tmp_path / "run")
 
 
@@ -187,5 +320,42 @@ def test_ctrl_c_stops_every_process_with_a_checkpoint(
     done = run.finish()
     assert done.returncode == 130, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "error:" not in done.stderr
-    assert "continue with --resume" in done.stderr
+    assert "stopped by SIGINT: saved" in done.stderr
+    assert "run the same command again to continue" in done.stderr
     _assert_resumable(run_nmt, runs["ddp_recipe"], reverse_data, tmp_path / "run")
+
+
+# --- validation split across processes ----------------------------------------------------
+
+
+def _validate(rank: int, world: int, port: int, checkpoint: Path, data: Path, out: Path) -> None:
+    """One process of a `world`-process validation of `checkpoint` (torch.multiprocessing
+    starts it; with world 1, this process, whose environment stays untouched)."""
+    if world > 1:
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+        torch.set_num_threads(1)
+    dist = distributed.from_environment()
+    distributed.start(dist, torch.device("cpu"), 120)
+    ckpt = load_checkpoint(checkpoint)
+    trainer = Trainer(config_from_dict(ckpt["config"]), data, out.parent, torch.device("cpu"),
+                      dist)  # fmt: skip
+    trainer.model.load_state_dict(ckpt["model_state"])
+    metrics = trainer.validate()
+    if dist.is_main:
+        out.write_text(json.dumps(metrics))
+    distributed.stop(dist)
+
+
+def test_validation_on_two_processes_gives_one_process_bleu(
+    checkpoint: Path, reverse_data: Path, tmp_path: Path
+) -> None:
+    """Each process translates every other sentence; rank 0 gathers them in order."""
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    _validate(0, 1, 0, checkpoint, reverse_data, one)
+    torch.multiprocessing.spawn(_validate, args=(2, _free_port(), checkpoint, reverse_data, two),
+                                nprocs=2)  # fmt: skip
+    single, split = json.loads(one.read_text()), json.loads(two.read_text())
+    assert single["valid_bleu"] > 50  # a model that translates: the comparison means something
+    assert split["valid_bleu"] == single["valid_bleu"]
+    assert split["valid_loss"] == pytest.approx(single["valid_loss"], rel=1e-6)

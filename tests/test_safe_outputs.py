@@ -6,6 +6,7 @@ and memory. Each test runs the CLI on real files, as a user (or an attacker) wou
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -385,7 +386,8 @@ def test_a_full_disk_under_the_metrics_log_keeps_the_checkpoints(
     limit = 4 * len(good)  # checkpoints fit; the log, filled up to the limit, does not
     metrics = run / "metrics.jsonl"
     with metrics.open("a") as log:
-        log.write(" " * (limit - metrics.stat().st_size - 1) + "\n")
+        padding = limit - metrics.stat().st_size - len('{"step": 1, "pad": ""}\n')
+        log.write(json.dumps({"step": 1, "pad": " " * padding}) + "\n")  # a step it keeps
     done = nmt([*args, "--resume", run / "last.pt", "--set", "train.max_steps=4"],
                file_size_limit=limit)  # fmt: skip
     assert_last_line_error(done.returncode, done.stderr, "metrics.jsonl",

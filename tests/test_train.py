@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nmt_cli.average import average_checkpoints
 from nmt_cli.checkpoint import load_checkpoint
 from nmt_cli.config import TrainConfig, config_from_dict
 from nmt_cli.data.batching import make_batches
@@ -63,10 +64,10 @@ def test_solves_held_out_reversals(trained, beam: int) -> None:
 
 def test_run_dir_contents(trained) -> None:
     names = sorted(p.name for p in trained.run_dir.iterdir())
-    assert names == ["best.pt", "last.pt", "metrics.jsonl", "step-300.pt", "step-600.pt"]
+    assert names == [".nmt-train.lock", "best.pt", "config.yaml", "last.pt", "metrics.jsonl",
+                     "step-300.pt", "step-600.pt", "train.log"]  # fmt: skip
     best = load_checkpoint(trained.run_dir / "best.pt")
     last = load_checkpoint(trained.run_dir / "last.pt")
-    assert "train_state" not in best  # inference-only
     assert last["step"] == 600 and "train_state" in last
     assert best["step"] == trained.result.best_step
     assert best["metrics"]["valid_bleu"] == pytest.approx(trained.result.best_bleu)
@@ -192,12 +193,13 @@ def test_resume_needs_training_state(
     uninterrupted: Path, make_recipe, reverse_data: Path, tmp_path: Path
 ) -> None:
     cfg = config_from_dict(resume_recipe(make_recipe))
+    weights_only = average_checkpoints([uninterrupted / "best.pt"], tmp_path / "avg.pt")
     with pytest.raises(CheckpointError, match="no training state"):
         train(
             cfg,
             reverse_data,
             tmp_path / "run",
-            resume=uninterrupted / "best.pt",
+            resume=weights_only,
             device="cpu",
             show_progress=False,
         )

@@ -24,15 +24,13 @@ def make_batches(
     *,
     seed: int,
     epoch: int,
-    rank: int = 0,
-    world_size: int = 1,
     max_len: int | None = None,
 ) -> list[np.ndarray]:
-    """Index arrays, one per batch, for this rank; lengths exclude the BOS/EOS added later.
+    """Index arrays, one per batch; lengths exclude the BOS/EOS added later.
 
     Sentences are sorted by length with random tie-breaking, cut greedily into batches whose
     padded size (count x longest side + 1) stays within `batch_tokens`, then the batches are
-    shuffled. With several ranks every rank gets the same number of batches. Pairs with a
+    shuffled (every training process computes the same list and takes its share). Pairs with a
     side longer than `max_len` are left out (see `too_long`): one 60,000-character "word" of
     tens of thousands of subwords asks the Transformer for tens of gigabytes at the same step
     of every epoch. Without any such pair the batches are those of no `max_len`.
@@ -52,8 +50,7 @@ def make_batches(
         batches.append(kept[order[start:end]])
         start = end
     rng.shuffle(batches)
-    usable = len(batches) - len(batches) % world_size if world_size > 1 else len(batches)
-    return batches[rank:usable:world_size]
+    return batches
 
 
 def too_long(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_len: int) -> np.ndarray:
