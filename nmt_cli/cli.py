@@ -129,7 +129,7 @@ def train(
     saves last.pt and exits 75 (Ctrl-C: 130); a run that ends exits 0.
     """
     from nmt_cli.config import load_config
-    from nmt_cli.distributed import stop_exit_code
+    from nmt_cli.stop_signals import stop_exit_code
     from nmt_cli.train import train as run_train
 
     with user_errors():

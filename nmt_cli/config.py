@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -390,7 +391,7 @@ def validate(cfg: Config) -> None:
 def validate_decode(d: DecodeConfig) -> None:
     """Also run on the settings `nmt translate` / `nmt eval` options and an exported model's
     metadata override, which no recipe parser has type-checked."""
-    hints = typing.get_type_hints(DecodeConfig)
+    hints = _type_hints(DecodeConfig)
     for f in dataclasses.fields(DecodeConfig):
         _coerce(hints[f.name], getattr(d, f.name), f"decode.{f.name}")
     check_ranges(d, "decode.")
@@ -401,11 +402,18 @@ def validate_decode(d: DecodeConfig) -> None:
         )
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A dataclass's field types, resolved once: resolving evaluates every annotation string,
+    which made reading a config most of the cost of loading a small checkpoint."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, raw: Any, prefix: str, skip: set[str] = frozenset()) -> Any:
     """Turn a dict into dataclass `cls`, recursing into nested dataclasses and tuples of them."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'recipe'} must be a mapping, got {show(raw)}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as torch_dist
 
 from nmt_cli.errors import DistributedError
+from nmt_cli.stop_signals import FORWARDED_SIGNALS, stop_exit_code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,16 +190,3 @@ def launch(nproc: int, nmt_args: Sequence[str], run_dir: Path) -> int:
     except SignalException as exc:  # the processes have saved last.pt and said how to go on
         return stop_exit_code(signal.Signals(exc.sigval).name)
     return 0
-
-
-# The signals torchrun's agent passes on to the training processes: its default set, and
-# SIGUSR1. Set TORCHELASTIC_SIGNALS_TO_HANDLE to this for `torchrun` started by hand.
-FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-
-STOPPED_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: stopped with last.pt written; run it again
-
-
-def stop_exit_code(signal_name: str | None) -> int:
-    """Ctrl-C (SIGINT) exits 130 as shells expect; a scheduler's SIGTERM or SIGUSR1, a closed
-    terminal's SIGHUP, or a signal to another process exits 75: "saved, run me again"."""
-    return 130 if signal_name == "SIGINT" else STOPPED_EXIT_CODE

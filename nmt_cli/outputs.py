@@ -7,6 +7,8 @@ The path a user names is written in one of two ways:
   keeps its mode, and its owner when we run as root. A file with several hard links is not
   split from them: the complete temporary file is copied into the existing inode (only a
   failure during that last copy can leave it partial, and the message then says so).
+  Checkpoints are the exception (`split_links`): a run's last.pt and best.pt are hard links
+  of a step-N.pt by design (`link_output`), and writing one must not rewrite the others.
 - Anything else (stdout, `-`, a character device such as /dev/null, a FIFO) is written
   through directly: renaming a file over /dev/null would destroy the device.
 

@@ -26,7 +26,6 @@ from typing import Any
 
 from nmt_cli.checkpoint import load_checkpoint
 from nmt_cli.config import Config, config_to_dict
-from nmt_cli.data.shards import read_manifest
 from nmt_cli.distributed import Distributed
 from nmt_cli.errors import CheckpointError, ConfigError, NMTError, RelayedError, show
 from nmt_cli.outputs import NOTHING_WRITTEN, prepare_directory, remove_partial_writes, write_error
@@ -34,7 +33,7 @@ from nmt_cli.outputs import NOTHING_WRITTEN, prepare_directory, remove_partial_w
 LOCK_NAME = ".nmt-train.lock"
 
 # Settings a continued run may change: they alter the speed, not the arithmetic, of training.
-# accum_steps changes with the number of processes; `check_global_batch` guards the product.
+# accum_steps changes with the number of processes; `Trainer` checks their product.
 RUNTIME_KEYS = frozenset(
     {
         "train.threads",
@@ -119,8 +118,13 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint a run continues from: last.pt, or else its newest step-N.pt."""
     if (run_dir / "last.pt").is_file():
         return run_dir / "last.pt"
-    steps = [p for p in run_dir.glob("step-*.pt") if p.stem[5:].isdigit()]
-    return max(steps, key=lambda p: int(p.stem[5:]), default=None)
+    steps = step_checkpoints(run_dir)
+    return steps[max(steps)] if steps else None
+
+
+def step_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """The run's step-N.pt files, by N."""
+    return {int(p.stem[5:]): p for p in run_dir.glob("step-*.pt") if p.stem[5:].isdigit()}
 
 
 def plan_start(
@@ -218,7 +222,7 @@ def data_differences(ckpt: dict[str, Any], data: dict[str, Any]) -> list[str]:
 def agree_on_start(
     dist: Distributed,
     cfg: Config,
-    data_dir: Path,
+    data: dict[str, Any],
     run_dir: Path,
     held: contextlib.ExitStack,
     *,
@@ -226,13 +230,14 @@ def agree_on_start(
     restart: bool,
 ) -> Start:
     """Rank 0 takes the run directory (held until `held` closes) and decides where training
-    starts; every process gets that decision, checkpoint included, from rank 0. So no process
-    but rank 0 needs to see `run_dir`: no shared filesystem is needed to resume."""
+    of `cfg` on `data` (`data_identity`) starts; every process gets that decision, checkpoint
+    included, from rank 0. So no process but rank 0 needs to see `run_dir`: no shared
+    filesystem is needed to resume."""
     if dist.is_main:
         try:
             moved = held.enter_context(holding(run_dir, restart=restart))
-            start = plan_start(run_dir, config_to_dict(cfg), data_identity(read_manifest(data_dir)),
-                               resume=resume, restarted_from=moved)  # fmt: skip
+            start = plan_start(run_dir, config_to_dict(cfg), data, resume=resume,
+                               restarted_from=moved)  # fmt: skip
         except NMTError as exc:
             dist.broadcast_object(str(exc))
             raise

@@ -17,7 +17,7 @@ from nmt_cli.config import config_from_dict, config_to_dict
 from nmt_cli.data.batching import collate
 from nmt_cli.errors import CheckpointError, OutputError
 from nmt_cli.models import build_model
-from nmt_cli.train import Trainer
+from nmt_cli.trainer import Trainer
 from nmt_cli.translate import Translator
 
 

@@ -1,5 +1,5 @@
 """Training and preprocessing survive what goes wrong in long runs: fp16 overflow, NaN
-losses, divergence, SIGTERM, a kill -9 in the middle of writing a checkpoint or shards, and a
+losses, divergence, SIGHUP, a kill -9 in the middle of writing a checkpoint or shards, and a
 full disk."""
 
 from __future__ import annotations
@@ -123,9 +123,9 @@ def _wait_for_new_lines(path: Path, start_lines: int, new: int, timeout: float =
 def test_kill_9_while_writing_checkpoints_never_breaks_last_pt(
     make_recipe, recipe_file, reverse_data: Path, tmp_path: Path, run_nmt
 ) -> None:
-    """Three checkpoints of a 10 MB model are written at every step, and the process is
-    killed at several moments after training got going; last.pt must load every time, and
-    resuming must finish the run."""
+    """A checkpoint of a 10 MB model and two links to it are written at every step, and the
+    process is killed at several moments after training got going; last.pt must load every
+    time, and resuming must finish the run."""
     run = tmp_path / "run"
     raw = make_recipe(model={"emb_dim": 256, "hidden_dim": 512},
                       train={"max_steps": 400, "valid_every": 1, "log_every": 1})  # fmt: skip
@@ -133,7 +133,7 @@ def test_kill_9_while_writing_checkpoints_never_breaks_last_pt(
     base = [sys.executable, "-m", "nmt_cli", "train", str(recipe), "--data", str(reverse_data),
             "--out", str(run), "--device", "cpu"]  # fmt: skip
     metrics = run / "metrics.jsonl"
-    for delay in (0.0, 0.15, 0.05, 0.3, 0.1):
+    for delay in (0.0, 0.05, 0.3):
         resume = ["--resume", str(run / "last.pt")] if (run / "last.pt").exists() else []
         lines = len(metrics.read_text().splitlines()) if metrics.exists() else 0
         proc = subprocess.Popen([*base, *resume], stdout=subprocess.DEVNULL,
@@ -152,13 +152,12 @@ def test_kill_9_while_writing_checkpoints_never_breaks_last_pt(
     assert not list(run.glob(".*.nmt-tmp-*"))  # the killed writes' leftovers were removed
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_sigterm_writes_last_pt_and_exits_cleanly(
-    sig: signal.Signals, make_recipe, recipe_file, reverse_data: Path, tmp_path: Path, run_nmt
+def test_sighup_writes_last_pt_and_exits_cleanly(
+    make_recipe, recipe_file, reverse_data: Path, tmp_path: Path
 ) -> None:
-    """SIGTERM (what `kill` and batch schedulers send) and SIGHUP (what a closed terminal
-    sends) stop like Ctrl-C: the current update finishes, last.pt is written with its
-    training state, and the run can be resumed."""
+    """SIGHUP (what a closed terminal sends) stops like the scheduler's signals: the current
+    update finishes and last.pt is written with its training state. (SIGTERM and SIGUSR1,
+    and continuing after each, are in test_run_dir.py.)"""
     run = tmp_path / "run"
     recipe = recipe_file(make_recipe(train={"max_steps": 100_000, "valid_every": 100_000,
                                             "log_every": 1}))  # fmt: skip
@@ -166,17 +165,12 @@ def test_sigterm_writes_last_pt_and_exits_cleanly(
                              str(reverse_data), "--out", str(run), "--device", "cpu"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     _wait_for_new_lines(run / "metrics.jsonl", 0, new=3)
-    proc.send_signal(sig)
+    proc.send_signal(signal.SIGHUP)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 75, stderr.decode()  # "stopped, run me again"
-    assert f"stopped by {sig.name}: saved".encode() in stderr and b"Traceback" not in stderr
+    assert b"stopped by SIGHUP: saved" in stderr and b"Traceback" not in stderr
     last = load_checkpoint(run / "last.pt")
     assert "train_state" in last and last["step"] >= 3
-    done = run_nmt(["train", str(recipe), "--data", str(reverse_data), "--out", str(run),
-                    "--device", "cpu", "--resume", str(run / "last.pt"),
-                    "--set", f"train.max_steps={last['step'] + 2}"])  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert load_checkpoint(run / "last.pt")["step"] == last["step"] + 2
 
 
 def _last_error_on_a_small_disk(args: list[str], limit: int) -> str:

@@ -17,7 +17,8 @@ from nmt_cli.config import TrainConfig, config_from_dict
 from nmt_cli.data.batching import make_batches
 from nmt_cli.data.shards import ShardReader
 from nmt_cli.errors import CheckpointError, ConfigError
-from nmt_cli.train import learning_rate, train
+from nmt_cli.train import train
+from nmt_cli.trainer import learning_rate
 from nmt_cli.translate import Translator
 
 
