@@ -235,7 +235,7 @@ class Trainer:
     def _check_global_batch(self, path: Path, state: dict[str, Any], stored_accum: int) -> None:
         """The data position counts global batches, so a run may go on with any number of
         processes that keeps the batches per update (processes x accum_steps)."""
-        saved_world = state.get("world_size", 1)
+        saved_world = max(state.get("world_size", 1), 1)
         saved = state.get("batches_per_update", saved_world * stored_accum)
         if saved == self.batches_per_update:
             return
