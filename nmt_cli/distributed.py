@@ -171,11 +171,11 @@ def launch(nproc: int, nmt_args: Sequence[str], run_dir: Path) -> int:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: processes share cores
-    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+        signals_to_handle=FORWARDED_SIGNALS,
     )  # fmt: skip
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "nmt_cli", *nmt_args)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 
 # The signals torchrun's agent passes on to the training processes: its default set, and
-# SIGUSR1. Set TORCHELASTIC_SIGNALS_TO_HANDLE to this for `torchrun` started by hand.
+# SIGUSR1. `nmt train --nproc` asks for them; by hand: `torchrun --signals-to-handle ...`.
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 STOPPED_EXIT_CODE = 75

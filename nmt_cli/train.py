@@ -152,9 +152,15 @@ def train(
 
 
 def _lost_contact(dist: Distributed, run_dir: Path, exc: Exception) -> DistributedError:
-    """The one-line error of a process whose peer died (or hung past the collective timeout)."""
+    """The one-line error of a process whose peer died (or hung past the collective timeout).
+    Only rank 0 knows the run directory: another machine may not have it at all."""
+    advice = (
+        distributed.resume_advice(run_dir)
+        if dist.is_main
+        else "run the same command again to continue from the run's last checkpoint"
+    )
     return DistributedError(
         f"training process {dist.rank} lost contact with the others "
         f"({distributed.collective_failure_reason(exc)}): one of them died or hung (see its "
-        f"log, or raise train.collective_timeout); {distributed.resume_advice(run_dir)}"
+        f"log, or raise train.collective_timeout); {advice}"
     )

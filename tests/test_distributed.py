@@ -85,9 +85,7 @@ def test_a_one_process_run_continues_on_two(runs, reverse_data: Path, tmp_path: 
          "--out", str(run), "--device", "cpu", "--set", "train.accum_steps=2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    while not (run / "metrics.jsonl").exists() or len(read_metrics(run)[0]) < 3:
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        time.sleep(0.02)
+    _wait_for(lambda: _last_step(run) >= 3, [proc])
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=WAIT) == 75
     assert load_checkpoint(run / "last.pt")["step"] < STEPS
@@ -201,7 +199,7 @@ def test_a_killed_node_is_one_line_on_the_other_and_the_same_command_continues(
 def _wait_for(condition, procs: list[subprocess.Popen]) -> None:
     deadline = time.monotonic() + WAIT
     while not condition():
-        assert all(p.poll() is None for p in procs), "a node exited early"
+        assert all(p.poll() is None for p in procs), "a process exited early"
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
 
