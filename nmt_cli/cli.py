@@ -48,13 +48,9 @@ def user_errors() -> Iterator[None]:
     """Turn input errors into one red line and exit 1; Ctrl-C into exit 130."""
     try:
         yield
-    except RelayedError as exc:
-        if os.environ.get("LOCAL_WORLD_SIZE") == os.environ.get("WORLD_SIZE"):
-            raise typer.Exit(1) from None  # rank 0 said it on this machine's terminal
-        console.print(f"[bold red]error:[/] {escape(_one_line(str(exc)))}", highlight=False,
-                      soft_wrap=True)  # fmt: skip
-        raise typer.Exit(1) from None
     except NMTError as exc:
+        if isinstance(exc, RelayedError) and _on_rank_zeros_machine():
+            raise typer.Exit(1) from None  # rank 0 said it on this terminal
         # soft_wrap: rich would otherwise wrap at 80 columns when stderr is not a terminal
         # escape: a path like "runs/[old]/x.pt" is text, not rich markup
         # one_line: a file name may hold a newline, and the error must stay one line
@@ -64,6 +60,11 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
         raise typer.Exit(130) from None
+
+
+def _on_rank_zeros_machine() -> bool:
+    """Whether all training processes run on this machine (torchrun's variables)."""
+    return os.environ.get("LOCAL_WORLD_SIZE") == os.environ.get("WORLD_SIZE")
 
 
 def _one_line(text: str) -> str:

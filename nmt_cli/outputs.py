@@ -218,11 +218,16 @@ def _create_temp(directory: Path, name: str) -> tuple[int, Path]:
     name, never through a symlink. Its mode is 0666 less the umask, as for any new file."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     while True:
-        tmp = directory / f"{_temp_prefix(name)}{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = _temp_path(directory, name)
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue  # a 1-in-4-billion clash, or a name planted on purpose: draw again
+
+
+def _temp_path(directory: Path, name: str) -> Path:
+    """A fresh name of our temp scheme for `name` in `directory`: `.NAME.nmt-tmp-PID-RANDOM`."""
+    return directory / f"{_temp_prefix(name)}{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _temp_prefix(name: str) -> str:
@@ -252,7 +257,7 @@ def link_output(source: Path, target: Path) -> None:
     place, so `target` is at every moment either its old file or the new one."""
     kept = INTACT if _stat_or_none(target) is not None else NOTHING_WRITTEN
     while True:
-        tmp = target.parent / f"{_temp_prefix(target.name)}{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = _temp_path(target.parent, target.name)
         try:
             os.link(source, tmp)
             break

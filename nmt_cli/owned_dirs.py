@@ -50,13 +50,11 @@ def check_destination(out: Path, kind: DirKind) -> Path:
     """The resolved `out`, once it is known that it may be written or replaced; otherwise one
     line naming the fix. Also cleans up after killed writers of `out` (see the module doc)."""
     out = Path(out).resolve()
-    with contextlib.suppress(OSError):  # a deleted working directory has no ancestors to protect
-        cwd = Path.cwd().resolve()
-        if out == cwd or out in cwd.parents:
-            raise DataError(
-                f"--out {out} is the current directory or one of its parents, which cannot be "
-                "replaced; name a new directory inside it, e.g. --out ./out"
-            )
+    if holds_working_directory(out):
+        raise DataError(
+            f"--out {out} is the current directory or one of its parents, which cannot be "
+            "replaced; name a new directory inside it, e.g. --out ./out"
+        )
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is not a directory; choose another --out")
     _check_writable(out.parent)
@@ -69,6 +67,17 @@ def check_destination(out: Path, kind: DirKind) -> Path:
             "permissions or choose another --out"
         ) from None
     return out
+
+
+def holds_working_directory(path: Path) -> bool:
+    """Whether `path` is the working directory or one of its parents: never to be replaced
+    or moved. A deleted working directory has no ancestors to protect."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:
+        return False
+    path = path.resolve()
+    return path == cwd or path in cwd.parents
 
 
 def made_files(work: Path, kind: DirKind) -> list[str]:

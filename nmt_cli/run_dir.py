@@ -29,6 +29,7 @@ from nmt_cli.config import Config, config_to_dict
 from nmt_cli.distributed import Distributed
 from nmt_cli.errors import CheckpointError, ConfigError, NMTError, RelayedError, show
 from nmt_cli.outputs import NOTHING_WRITTEN, prepare_directory, remove_partial_writes, write_error
+from nmt_cli.owned_dirs import holds_working_directory
 
 LOCK_NAME = ".nmt-train.lock"
 
@@ -98,8 +99,7 @@ def _lock(run_dir: Path) -> int:
 
 def _move_aside(run_dir: Path) -> Path:
     """`--restart`: rename the whole run to the first free RUN.old-N; nothing is deleted."""
-    here = Path.cwd().resolve()
-    if here == run_dir.resolve() or run_dir.resolve() in here.parents:
+    if holds_working_directory(run_dir):
         raise ConfigError(
             f"--restart would move {run_dir}, which holds the working directory; "
             "run from another directory"

@@ -93,7 +93,7 @@ class RunLog:
             return
         except OSError as exc:
             raise write_error(path, exc, _KEPT) from None
-        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+        kept = [line for line in lines if (logged := _step_of(line)) is not None and logged <= step]
         if len(kept) < len(lines):
             with open_output(path) as out:
                 out.writelines(line + "\n" for line in kept)

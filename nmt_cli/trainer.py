@@ -195,9 +195,8 @@ class Trainer:
         )
 
     def restore(self, ckpt: dict[str, Any], path: Path) -> None:
-        """Continue from checkpoint `ckpt` (read from `path` by rank 0, sent to all)."""
-        if "train_state" not in ckpt:
-            raise CheckpointError(f"{path} holds no training state; resume from RUN/last.pt")
+        """Continue from checkpoint `ckpt` (read from `path` by rank 0, sent to all; its
+        training state is known to be there, see `run_dir.plan_start`)."""
         stored = config_from_dict(ckpt["config"])
         if stored.model != self.cfg.model:
             raise ConfigError(

@@ -8,10 +8,12 @@ check real convergence, and that everything downstream of training works, within
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +182,33 @@ def other_tokenizer(tmp_path: Path) -> bytes:
         hard_vocab_limit=False, minloglevel=2,
     )  # fmt: skip
     return (tmp_path / "other.model").read_bytes()
+
+
+# --- watching a training process ---------------------------------------------------------
+
+
+def last_logged_step(run: Path) -> int:
+    """The last step RUN/metrics.jsonl names (0 before its first line), while a training
+    process may still be writing it (a line cut short is skipped)."""
+    path = run / "metrics.jsonl"
+    steps = [0]
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            steps.append(json.loads(line)["step"])
+        except ValueError:
+            pass
+    return max(steps)
+
+
+def wait_for(
+    condition: Callable[[], bool], procs: list[subprocess.Popen], timeout: float = 180
+) -> None:
+    """Poll `condition` until it holds; fail if one of `procs` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert all(p.poll() is None for p in procs), "a process exited early"
+        assert time.monotonic() < deadline, f"timed out after {timeout} s"
+        time.sleep(0.02)
 
 
 # --- running the CLI ----------------------------------------------------------------------

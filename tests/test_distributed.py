@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Completed, nmt_subprocess
+from conftest import Completed, last_logged_step, nmt_subprocess, wait_for
 from test_train import read_metrics
 
 from nmt_cli import distributed
@@ -85,7 +85,7 @@ def test_a_one_process_run_continues_on_two(runs, reverse_data: Path, tmp_path: 
          "--out", str(run), "--device", "cpu", "--set", "train.accum_steps=2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    _wait_for(lambda: _last_step(run) >= 3, [proc])
+    wait_for(lambda: last_logged_step(run) >= 3, [proc])
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=WAIT) == 75
     assert load_checkpoint(run / "last.pt")["step"] < STEPS
@@ -178,7 +178,7 @@ def test_a_killed_node_is_one_line_on_the_other_and_the_same_command_continues(
 ) -> None:
     long_run = ("--set", "train.max_steps=100000", "--set", "train.valid_every=20")
     nodes = TwoNodes(tmp_path, runs["ddp_recipe"], reverse_data, *long_run)
-    _wait_for(lambda: (nodes.run / "last.pt").exists(), nodes.procs)
+    wait_for(lambda: (nodes.run / "last.pt").exists(), nodes.procs)
     os.kill(_child_of(nodes.procs[1].pid), signal.SIGKILL)  # node 1's training process
     stderr = nodes.finish()[0]
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -188,20 +188,12 @@ def test_a_killed_node_is_one_line_on_the_other_and_the_same_command_continues(
     step = load_checkpoint(nodes.run / "last.pt")["step"]
 
     again = TwoNodes(tmp_path, runs["ddp_recipe"], reverse_data, *long_run)
-    _wait_for(lambda: _last_step(again.run) > step + 2, again.procs)
+    wait_for(lambda: last_logged_step(again.run) > step + 2, again.procs)
     for proc in again.procs:  # as a scheduler stops a job: torchrun passes SIGTERM on
         proc.send_signal(signal.SIGTERM)
     again.finish()
     assert load_checkpoint(again.run / "last.pt")["step"] > step + 2
     assert f"continuing the run in run from step {step}" in (again.run / "train.log").read_text()
-
-
-def _wait_for(condition, procs: list[subprocess.Popen]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert all(p.poll() is None for p in procs), "a process exited early"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def _running(pid: int) -> bool:
@@ -210,13 +202,6 @@ def _running(pid: int) -> bool:
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return False
-
-
-def _last_step(run: Path) -> int:
-    """The last step metrics.jsonl names (0 before the first line)."""
-    path = run / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return max((json.loads(line)["step"] for line in lines[:-1]), default=0)  # [-1]: partial
 
 
 def _child_of(pid: int) -> int:
@@ -310,7 +295,7 @@ def test_a_hung_process_times_out_instead_of_hanging(
     run.wait_for_checkpoint()
     rank0, rank1 = run.rank_pid(0), run.rank_pid(1)
     os.kill(rank1, signal.SIGSTOP)  # alive, but answers nothing
-    _wait_for(lambda: not _running(rank0), [run.proc])  # it gave up on the hung one
+    wait_for(lambda: not _running(rank0), [run.proc])  # it gave up on the hung one
     os.kill(rank1, signal.SIGKILL)  # what the launcher does after 30 s of grace
     errors = _error_lines(run.finish())
     assert len(errors) == 1, errors

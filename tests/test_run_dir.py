@@ -10,11 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import last_logged_step, wait_for
 from test_train import read_metrics
 
 from nmt_cli import checkpoint as checkpoint_module
@@ -40,27 +40,6 @@ def _train_command(recipe: Path, data: Path, run: Path) -> list[str]:
             "--out", str(run), "--device", "cpu"]  # fmt: skip
 
 
-def _logged_steps(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            steps.append(json.loads(line)["step"])
-        except ValueError:
-            pass  # a line being written
-    return steps
-
-
-def _wait_for_step(proc: subprocess.Popen, run: Path, step: int, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while max(_logged_steps(run), default=0) < step:
-        assert proc.poll() is None, f"training ended early ({proc.returncode})"
-        assert time.monotonic() < deadline, f"no step {step} within {timeout} s"
-        time.sleep(0.02)
-
-
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model_state"]
 
@@ -81,9 +60,9 @@ def test_the_same_command_survives_kill_9_sigterm_and_sigusr1(
     run = tmp_path / "run"
     command = _train_command(recipe_file(_recipe(make_recipe)), reverse_data, run)
     for sig, after in ((signal.SIGKILL, 14), (signal.SIGTERM, 3), (signal.SIGUSR1, 3)):
-        start = max(_logged_steps(run), default=0)
+        start = last_logged_step(run)
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _wait_for_step(proc, run, start + after)
+        wait_for(lambda: last_logged_step(run) >= start + after, [proc])  # noqa: B023
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
         if sig == signal.SIGKILL:
@@ -113,7 +92,7 @@ def test_a_second_run_on_the_same_directory_is_refused(
     recipe = recipe_file(_recipe(make_recipe, max_steps=100_000))
     first = subprocess.Popen(_train_command(recipe, reverse_data, run),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    _wait_for_step(first, run, 12)  # past its first checkpoint
+    wait_for(lambda: last_logged_step(run) >= 12, [first])  # past its first checkpoint
     second = run_nmt(["train", str(recipe), "--data", str(reverse_data), "--out", str(run),
                       "--device", "cpu"])  # fmt: skip
     assert second.returncode == 1
@@ -150,7 +129,7 @@ def test_another_recipe_is_refused_and_restart_moves_the_old_run_aside(
     names = sorted(p.name for p in run.iterdir())
     assert names == [".nmt-train.lock", "best.pt", "config.yaml", "last.pt", "metrics.jsonl",
                      "step-10.pt", "train.log"]  # fmt: skip
-    assert max(_logged_steps(run)) == 10
+    assert last_logged_step(run) == 10
     assert "starting over in" in (run / "train.log").read_text()
 
 
