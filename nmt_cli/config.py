@@ -242,7 +242,10 @@ class TrainConfig:
     threads: int = bounded(0, Range(0, 4096))  # 0: leave torch's default
     # stop after this many non-finite losses in a row
     max_bad_updates: int = bounded(10, Range(1, STEPS.hi))
-    compile: bool = False  # torch.compile the model for training
+    compile: bool = False  # torch.compile the model and loss for training
+    # pad batches to a few fixed shapes (see data/batching.py), so a compiled step is
+    # compiled once per shape; costs ~10-20% padding, so for compiled (GPU) training only
+    static_shapes: bool = False
     tensorboard: bool = False  # also log to RUN/tensorboard (pip install tensorboard)
     # Multi-process runs: seconds a process waits for the others in a collective before it
     # gives up (a dead process is noticed at once; this bounds the wait for a hung one). Rank

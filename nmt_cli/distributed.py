@@ -56,19 +56,19 @@ class Distributed:
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
 
     def broadcast_flag(self, flag: bool) -> bool:
-        """Rank 0's value of `flag`, on every process."""
+        """Rank 0's value of `flag`, on every process (between hosts: see `_flag_group`)."""
         if not self.enabled:
             return flag
-        tensor = torch.tensor([float(flag)], device=self._collective_device())
-        torch_dist.broadcast(tensor, src=0)
+        tensor = torch.tensor([float(flag)])
+        torch_dist.broadcast(tensor, src=0, group=_flag_group)
         return bool(tensor.item())
 
     def any(self, flag: bool) -> bool:
         """True on every process when `flag` is true on some process."""
         if not self.enabled:
             return flag
-        tensor = torch.tensor([float(flag)], device=self._collective_device())
-        self.all_reduce_sum(tensor)
+        tensor = torch.tensor([float(flag)])
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM, group=_flag_group)
         return bool(tensor.item())
 
     def broadcast_object(self, obj: Any) -> Any:
@@ -93,13 +93,13 @@ class Distributed:
         if self.enabled:
             torch_dist.barrier()
 
-    def _collective_device(self) -> torch.device:
-        if torch_dist.get_backend() == "nccl":
-            return torch.device("cuda", self.local_rank)
-        return torch.device("cpu")
-
 
 SINGLE_PROCESS = Distributed()
+
+# The flags every update exchanges (stop signals, the time limit) travel between the hosts
+# over gloo even when the gradients go over NCCL: a flag on the GPU would make the host wait
+# for the GPU's queue to drain at every update. None: the default group is gloo already.
+_flag_group: Any = None
 
 
 def from_environment() -> Distributed:
@@ -123,6 +123,8 @@ def start(dist: Distributed, device: torch.device, timeout_seconds: float) -> to
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
         torch_dist.init_process_group("nccl", device_id=device, timeout=timeout)
+        global _flag_group
+        _flag_group = torch_dist.new_group(backend="gloo", timeout=timeout)
     else:
         torch_dist.init_process_group("gloo", timeout=timeout)
     return device
@@ -151,8 +153,10 @@ def resume_advice(run_dir: Path) -> str:
 
 
 def stop(dist: Distributed) -> None:
+    global _flag_group
     if dist.enabled and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+        torch_dist.destroy_process_group()  # with every subgroup
+    _flag_group = None
 
 
 def launch(nproc: int, nmt_args: Sequence[str], run_dir: Path) -> int:

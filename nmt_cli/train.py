@@ -91,7 +91,7 @@ def train(
     restart: bool = False,
     device: str = "auto",
     show_progress: bool = True,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train `cfg.model` on the shards in `data_dir`, writing checkpoints to `run_dir`.
 

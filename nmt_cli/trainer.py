@@ -29,18 +29,19 @@ from torch.nn.parallel import DistributedDataParallel
 from nmt_cli.checkpoint import save_checkpoint, tokenizer_entry
 from nmt_cli.checkpoint_checks import check_train_state, check_weights_fit
 from nmt_cli.config import Config, config_from_dict, config_to_dict
-from nmt_cli.data.batching import collate_padded, make_batches, too_long
+from nmt_cli.data.batching import collate_padded, plan_batches, too_long
 from nmt_cli.data.shards import ShardReader, read_manifest
 from nmt_cli.data.tokenizer import load_tokenizers
 from nmt_cli.distributed import SINGLE_PROCESS, Distributed
 from nmt_cli.errors import CheckpointError, ConfigError
+from nmt_cli.loss import TokenLoss
 from nmt_cli.models import build_model
 from nmt_cli.outputs import link_output
 from nmt_cli.run_dir import data_identity, step_checkpoints
 from nmt_cli.runtime import precision_warning, resolve_precision
 from nmt_cli.stop_signals import StopSignals
 from nmt_cli.translate import Translator
-from nmt_cli.update import UpdateOutcome, Updater, token_loss
+from nmt_cli.update import Updater
 
 
 def learning_rate(cfg_train: Any, step: int) -> float:
@@ -97,16 +98,21 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, fused=True
         )
+        t = cfg.train
+        self.plan = plan_batches(self.train_data.src_lengths, self.train_data.tgt_lengths,
+                                 t.batch_tokens, seed=t.seed, max_len=cfg.model.max_len,
+                                 static_shapes=t.static_shapes)  # fmt: skip
         self.updater = Updater(
             self._training_module(),
             self.optimizer,
             device=device,
             precision=self.precision,
             clip_norm=cfg.train.clip_norm,
-            label_smoothing=cfg.train.label_smoothing,
             max_bad_updates=cfg.train.max_bad_updates,
             dist=dist,
         )
+        self.valid_loss = TokenLoss(self.model, label_smoothing=0.0, device=device,
+                                    precision=self.precision)  # fmt: skip
         self.batches_per_update = cfg.train.accum_steps * dist.world_size  # the global batch
         self.step = 0
         self.epoch = 0
@@ -117,30 +123,29 @@ class Trainer:
         self.bad_validations = 0
         self.epoch_batches()  # refuses a global batch that no epoch can fill
 
-    def epoch_batches(self) -> list[np.ndarray]:
-        """The current epoch's global sequence of batches, as many as make whole updates.
+    def epoch_batches(self) -> np.ndarray:
+        """The current epoch's global sequence of batches (numbers in `self.plan`), as many as
+        make whole updates.
 
         Every process computes the same sequence (a pure function of seed and epoch) and
-        takes its share of each update from it. An epoch has the same number of batches
-        whatever its shuffle, so `__init__` calls this once to refuse, before anything is
-        written, a global batch no epoch can fill (the loop would go round epochs forever).
+        takes its share of each update from it. `__init__` calls this once to refuse, before
+        anything is written, a global batch no epoch can fill (the loop would go round epochs
+        forever).
         """
-        t, reader = self.cfg.train, self.train_data
-        batches = make_batches(reader.src_lengths, reader.tgt_lengths, t.batch_tokens,
-                               seed=t.seed, epoch=self.epoch,
-                               max_len=self.cfg.model.max_len)  # fmt: skip
-        usable = len(batches) - len(batches) % self.batches_per_update
+        t = self.cfg.train
+        order = self.plan.epoch_order(t.seed, self.epoch)
+        usable = len(order) - len(order) % self.batches_per_update
         if usable == 0:
             raise ConfigError(
                 f"an update takes train.accum_steps {t.accum_steps} x {self.dist.world_size} "
                 f"processes = {self.batches_per_update} batches, but an epoch gives only "
-                f"{len(batches)} batches of train.batch_tokens {t.batch_tokens}; lower "
+                f"{len(order)} batches of train.batch_tokens {t.batch_tokens}; lower "
                 "accum_steps or batch_tokens"
             )
-        return batches[:usable]
+        return order[:usable]
 
     def _report_too_long(self, reader: ShardReader) -> None:
-        """Training pairs longer than model.max_len are skipped (see `make_batches`)."""
+        """Training pairs longer than model.max_len are skipped (see `plan_batches`)."""
         max_len = self.cfg.model.max_len
         skipped = int(too_long(reader.src_lengths, reader.tgt_lengths, max_len).sum())
         if skipped == len(reader):
@@ -155,13 +160,22 @@ class Trainer:
             )
 
     def _training_module(self) -> torch.nn.Module:
-        """The model as the forward pass sees it: wrapped by DDP, then compiled, if asked."""
-        module: torch.nn.Module = self.model
+        """The model and its loss as an update runs them: wrapped by DDP, then compiled, if
+        asked. With static shapes each batch shape is compiled once (`dynamic=False`), up to
+        two per bucket width; else once for shapes that vary (`dynamic=True`)."""
+        t = self.cfg.train
+        module: torch.nn.Module = TokenLoss(
+            self.model, label_smoothing=t.label_smoothing, device=self.device,
+            precision=self.precision,
+        )  # fmt: skip
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = DistributedDataParallel(module, device_ids=ids)
-        if self.cfg.train.compile:
-            module = torch.compile(module, dynamic=True)
+        if t.compile:
+            if t.static_shapes:  # torch gives up compiling after 8 shapes of one function
+                limit, shapes = torch._dynamo.config.recompile_limit, len(self.plan.shapes())
+                torch._dynamo.config.recompile_limit = max(limit, shapes)
+            module = torch.compile(module, dynamic=not t.static_shapes)
         return module
 
     # --- checkpoints -----------------------------------------------------------------------
@@ -266,13 +280,19 @@ class Trainer:
             steps[old].unlink(missing_ok=True)
 
     # --- one update ------------------------------------------------------------------------
-    def update(self, micro_batches: list[Sequence[int]]) -> UpdateOutcome:
-        """One optimizer update over this process's micro-batches (index arrays)."""
+    def update(self, global_batch: Sequence[int]) -> int:
+        """One optimizer update over the global batch (numbers in `self.plan`), of which this
+        process takes every world_size-th; returns the update's target tokens (with EOS)."""
         self.model.train()
+        plan, rank, world = self.plan, self.dist.rank, self.dist.world_size
+        tokens = sum(int(self.train_data.tgt_lengths[plan.batches[b]].sum()) +
+                     len(plan.batches[b]) for b in global_batch)  # fmt: skip
         batches = [
-            collate_stored(self.train_data, indices, self.device) for indices in micro_batches
+            collate_stored(self.train_data, plan.batches[b], self.device, int(plan.widths[b]))
+            for b in global_batch[rank::world]
         ]
-        return self.updater(batches, learning_rate(self.cfg.train, self.step + 1))
+        self.updater(batches, learning_rate(self.cfg.train, self.step + 1), tokens)
+        return tokens
 
     # --- validation (every process takes a share) ------------------------------------------
     @torch.no_grad()
@@ -287,14 +307,12 @@ class Trainer:
         rank, world = self.dist.rank, self.dist.world_size
         reader = self.valid_data
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)
-        batches = make_batches(
-            reader.src_lengths, reader.tgt_lengths, self.cfg.train.batch_tokens, seed=0, epoch=0
-        )
-        for indices in batches[rank::world]:
-            batch = collate_stored(reader, indices, self.device)
-            loss, ntokens = token_loss(self.model, batch, label_smoothing=0.0,
-                                       device=self.device, precision=self.precision)  # fmt: skip
-            totals += torch.stack([loss.double(), ntokens.double()])
+        plan = plan_batches(reader.src_lengths, reader.tgt_lengths, self.cfg.train.batch_tokens,
+                            seed=0)  # fmt: skip
+        for indices in plan.batches[rank::world]:
+            loss = self.valid_loss(*collate_stored(reader, indices, self.device))
+            ntokens = float(reader.tgt_lengths[indices].sum() + len(indices))
+            totals += torch.stack([loss.double(), torch.tensor(ntokens, device=self.device)])
         self.dist.all_reduce_sum(totals)
         total, count = totals.tolist()
         src_lang, tgt_lang = self.langs
@@ -350,9 +368,11 @@ class Trainer:
         self,
         interrupt: StopSignals,
         record: Callable[[dict[str, float]], None],
-        on_step: Callable[[int, float], None] | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> str:
-        """Update until max_steps, max_seconds, early stopping or a signal; return which one."""
+        """Update until max_steps, max_seconds, early stopping or a signal; return which one.
+
+        Only logging and validation steps wait for the device (see `update.py`)."""
         t, dist = self.cfg.train, self.dist
         window_tokens, window_start = 0, time.perf_counter()
         deadline = window_start + t.max_seconds if t.max_seconds > 0 else math.inf
@@ -360,31 +380,26 @@ class Trainer:
             batches = self.epoch_batches()
             while self.batch_in_epoch < len(batches):
                 start, size = self.batch_in_epoch, self.batches_per_update
-                outcome = self.update(batches[start : start + size][dist.rank :: dist.world_size])
+                window_tokens += self.update(batches[start : start + size])
                 self.batch_in_epoch += self.batches_per_update
-                window_tokens += outcome.tokens
-                if outcome.applied:
-                    self.step += 1
-                    if on_step is not None:
-                        on_step(self.step, outcome.loss)
+                self.step += 1
+                if on_step is not None:
+                    on_step(self.step)
                 # rank 0's clock decides, so that processes cannot part ways by a millisecond
                 now = time.perf_counter()
-                out_of_time = (deadline < math.inf and outcome.applied
-                               and dist.broadcast_flag(now >= deadline))  # fmt: skip
+                out_of_time = deadline < math.inf and dist.broadcast_flag(now >= deadline)
                 at_end = self.step == t.max_steps or out_of_time
-                if outcome.applied and (self.step % t.log_every == 0 or at_end):
+                if self.step % t.log_every == 0 or at_end:
+                    report = self.updater.report()
                     tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    record({"loss": outcome.loss, "lr": learning_rate(t, self.step),
+                    record({"loss": report.loss, "lr": learning_rate(t, self.step),
                             "tok_per_s": round(tps, 1),
-                            "skipped_updates": self.updater.skipped_updates,
-                            "overflow_updates": self.updater.overflow_updates})  # fmt: skip
+                            "skipped_updates": report.skipped_updates,
+                            "overflow_updates": report.overflow_updates})  # fmt: skip
                     window_tokens, window_start = 0, time.perf_counter()
                 early_stop = False
-                if (
-                    outcome.applied
-                    and self.validates
-                    and (self.step % t.valid_every == 0 or at_end)
-                ):
+                if self.validates and (self.step % t.valid_every == 0 or at_end):
+                    self.updater.check()  # a diverged model is not validated nor saved
                     early_stop = self.validate_and_checkpoint(record)
                     window_start = time.perf_counter()
                 # Checked after validation: a validation due at this step must not be skipped,
@@ -415,7 +430,8 @@ def check_valid_lengths(reader: ShardReader, max_len: int, text: Path) -> None:
 
 
 def collate_stored(
-    reader: ShardReader, indices: Sequence[int], device: torch.device
+    reader: ShardReader, indices: Sequence[int], device: torch.device, width: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The batch of stored pairs `indices`, padded, on `device`."""
-    return collate_padded(*reader.padded("src", indices), *reader.padded("tgt", indices), device)
+    """The batch of stored pairs `indices`, padded (to `width` columns, if more), on `device`."""
+    return collate_padded(*reader.padded("src", indices, width),
+                          *reader.padded("tgt", indices, width), device)  # fmt: skip

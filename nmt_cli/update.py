@@ -1,176 +1,167 @@
 """One optimizer update: gradient accumulation, mixed precision, loss scaling, gradient
-clipping, and the guard against non-finite losses.
+clipping and the guard against non-finite gradients, with no wait for the device.
 
 An update sums the token-level cross-entropy over several micro-batches (`accum_steps` on
-each of `world_size` processes) and divides the summed gradient by the number of target
-tokens in all of them, so it equals one update on the union of the batches, however they
-are split across accumulation steps and processes. DDP averages gradients over processes;
-multiplying by world_size / tokens turns that average into the per-token mean (fairseq does
-the same).
+each of `world_size` processes) and multiplies the summed gradient by world_size / tokens,
+where `tokens` counts the target tokens of the whole update, so it equals one update on the
+union of the batches however they are split across accumulation steps and processes (DDP
+averages gradients over processes; fairseq normalises the same way). Every process knows
+the whole update's batches, so `tokens` comes from their lengths on the host.
 
-fp16 needs a loss scale: small gradients would underflow to zero in half precision, so the
-loss is multiplied before backward and the gradients divided after. When the scale is too
-large a gradient overflows to inf; the update is then skipped and the scale halved (an
-"overflow step", reported but harmless). A non-finite *loss* is different: the model itself
-has diverged or met a bad batch, so the update is skipped and counted, and training stops
-with a clear message after `max_bad_updates` of them in a row.
+The host never waits for the device in an ordinary update: it queues the work and goes on to
+prepare the next batches while a GPU computes, instead of adding the two times up. So:
+- whether the gradient is finite is decided on the device (from its norm), and the fused Adam
+  kernel skips the step there (its `found_inf`, what GradScaler uses). A non-finite gradient
+  means the model diverged or met a bad batch; such an update still counts as a step (as in
+  Megatron-LM) and is counted in `skipped_updates`. Training stops with a clear message after
+  `max_bad_updates` of them in a row, noticed at the next `report`.
+- fp16 needs a loss scale: small gradients would underflow to zero in half precision, so the
+  loss is multiplied before backward and the gradients divided after. When the scale is too
+  large a gradient overflows; GradScaler then skips the update and halves the scale (an
+  "overflow step", counted in `overflow_updates`, harmless unless the scale keeps falling).
+- the loss and the counters stay on the device; `report()`, called every `log_every`
+  updates, reads them in one go.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 
 import torch
-import torch.nn.functional as F
 
-from nmt_cli.data.tokenizer import PAD
 from nmt_cli.distributed import Distributed
 from nmt_cli.errors import TrainingError
-from nmt_cli.runtime import autocast
 
 MIN_LOSS_SCALE = 1e-4  # fairseq's floor: below it fp16 cannot represent this model's gradients
 
 
 @dataclasses.dataclass(frozen=True)
-class UpdateOutcome:
-    loss: float  # mean cross-entropy per target token over the whole update (all processes)
-    tokens: int  # target tokens in the whole update
-    applied: bool  # False when the update was skipped (non-finite loss or fp16 overflow)
-    overflow: bool  # the fp16 loss scale overflowed and was lowered
-    nonfinite: bool  # the loss was NaN or inf
-
-
-def token_loss(
-    model: torch.nn.Module, batch, *, label_smoothing: float, device, precision: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed (label-smoothed) cross-entropy over a batch's real target tokens, and their count
-    (a tensor on the batch's device: reading it would make the CPU wait for the GPU)."""
-    src, src_mask, tgt_in, tgt_out = batch
-    with autocast(device, precision):
-        logits = model(src, src_mask, tgt_in)  # [B, T, V]
-    loss = F.cross_entropy(
-        logits.float().flatten(0, 1),
-        tgt_out.flatten(),
-        ignore_index=PAD,
-        label_smoothing=label_smoothing,
-        reduction="sum",
-    )
-    return loss, (tgt_out != PAD).sum()
+class Report:
+    loss: float  # mean cross-entropy per target token over the applied updates since the last
+    skipped_updates: int  # non-finite gradients, since the run began
+    overflow_updates: int  # fp16 loss-scale overflows, since the run began
 
 
 class Updater:
-    """Runs updates for one model replica; `model` may be wrapped by DDP or torch.compile."""
+    """Runs updates for one model replica. `loss_module(*batch)` returns a micro-batch's
+    summed loss (a `loss.TokenLoss`, perhaps wrapped by DDP and torch.compile)."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        loss_module: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
         device: torch.device,
         precision: str,
         clip_norm: float,
-        label_smoothing: float,
         max_bad_updates: int,
         dist: Distributed,
     ) -> None:
-        self.model, self.optimizer, self.device, self.dist = model, optimizer, device, dist
-        self.precision, self.clip_norm = precision, clip_norm
-        self.label_smoothing, self.max_bad_updates = label_smoothing, max_bad_updates
+        self.loss_module, self.optimizer, self.device, self.dist = (
+            loss_module, optimizer, device, dist
+        )  # fmt: skip
+        self.clip_norm, self.max_bad_updates = clip_norm, max_bad_updates
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        self.bad_in_a_row = 0
-        self.overflow_updates = 0
-        self.skipped_updates = 0
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        counter = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+        self.window_loss, self.window_tokens = counter(), counter()  # since the last report
+        self.skipped, self.overflows = counter(), counter()
+        self.bad_in_a_row, self.worst_in_a_row = counter(), counter()
 
-    def __call__(self, micro_batches: list, lr: float) -> UpdateOutcome:
+    def __call__(self, micro_batches: list, lr: float, tokens: int) -> None:
+        """Queue one update over this process's `micro_batches`; `tokens`: the target tokens
+        of the whole update, on every process."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        # Summed on the device and read once per update: one wait for the GPU, not one per batch.
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        tokens = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # DDP all-reduces gradients in backward; only the last micro-batch needs it.
             sync = (
-                contextlib.nullcontext() if last or not self.dist.enabled else self.model.no_sync()
+                contextlib.nullcontext()
+                if last or not self.dist.enabled
+                else self.loss_module.no_sync()
             )
             with sync:
-                loss, count = token_loss(self.model, batch, label_smoothing=self.label_smoothing,
-                                         device=self.device, precision=self.precision)  # fmt: skip
+                loss = self.loss_module(*batch)
                 self.scaler.scale(loss).backward()
-            loss_sum += loss.detach().double()
-            tokens += count
-        totals = torch.stack([loss_sum, tokens])
-        self.dist.all_reduce_sum(totals)
-        total_loss, total_tokens = totals.tolist()
-        nonfinite = not math.isfinite(total_loss)
-        overflow = applied = False
-        if nonfinite:
-            self._record_bad_update(total_loss)
-        else:
-            applied, overflow = self._apply(self.dist.world_size / max(total_tokens, 1.0))
-        return UpdateOutcome(
-            loss=total_loss / max(total_tokens, 1.0),
-            tokens=int(total_tokens),
-            applied=applied,
-            overflow=overflow,
-            nonfinite=nonfinite,
-        )
+            loss_sum += loss.detach()
+        found_inf = self._step(self.dist.world_size / max(tokens, 1))
+        self.window_loss += torch.where(found_inf > 0, 0.0, loss_sum)
+        self.window_tokens += (1.0 - found_inf) * tokens
 
-    def _apply(self, grad_multiplier: float) -> tuple[bool, bool]:
-        """Unscale, normalise and clip the gradients, then step; returns (applied, overflow)."""
+    def _step(self, grad_multiplier: float) -> torch.Tensor:
+        """Unscale, normalise and clip the gradients, then step unless one is not finite;
+        returns that verdict as a device tensor (1.0: skipped)."""
         self.scaler.unscale_(self.optimizer)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grads = [p.grad for p in params if p.grad is not None]
+        grads = [p.grad for p in self.params if p.grad is not None]
         torch._foreach_mul_(grads, grad_multiplier)  # one kernel for all, not one each
         if self.clip_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         else:
-            norm = torch.zeros(())
-        if not self.scaler.is_enabled():
-            if not torch.isfinite(norm):  # finite loss, non-finite gradient: skip as bad
-                self._record_bad_update(float(norm))
-                return False, False
+            norm = torch.nn.utils.get_total_norm(grads)
+        found_inf = (~torch.isfinite(norm)).to(torch.float64)
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skipped on the device when a gradient is not finite
+            self.scaler.update()
+            self.overflows += found_inf
+            return found_inf
+        # What GradScaler hands a fused optimizer: skip the step on the device.
+        self.optimizer.found_inf = found_inf.float()
+        self.optimizer.grad_scale = None
+        try:
             self.optimizer.step()
-            self.bad_in_a_row = 0
-            return True, False
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)  # skipped inside when a gradient is inf or NaN
-        self.scaler.update()
-        overflow = self.scaler.get_scale() < scale
-        if overflow:
-            self.overflow_updates += 1
-            if self.scaler.get_scale() < MIN_LOSS_SCALE:
-                raise TrainingError(
-                    f"fp16 loss scale fell below {MIN_LOSS_SCALE}: gradients overflow at every "
-                    "scale; train with precision bf16 or fp32, or lower train.lr"
-                )
-        else:
-            self.bad_in_a_row = 0
-        return not overflow, overflow
+        finally:
+            del self.optimizer.found_inf, self.optimizer.grad_scale
+        self.skipped += found_inf
+        self.bad_in_a_row.add_(1.0).mul_(found_inf)
+        torch.maximum(self.worst_in_a_row, self.bad_in_a_row, out=self.worst_in_a_row)
+        return found_inf
 
-    def _record_bad_update(self, value: float) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_updates += 1
-        self.bad_in_a_row += 1
-        if self.bad_in_a_row >= self.max_bad_updates:
+    def report(self) -> Report:
+        """Read the counters (the one wait for the device): the mean loss since the last
+        report, over all processes; stop a run that diverged."""
+        self.check()
+        totals = torch.stack([self.window_loss, self.window_tokens])
+        self.dist.all_reduce_sum(totals[:1])  # every process counted all the update's tokens
+        loss_sum, tokens = totals.tolist()
+        self.window_loss.zero_()
+        self.window_tokens.zero_()
+        return Report(
+            loss=loss_sum / tokens if tokens else float("nan"),
+            skipped_updates=int(self.skipped),
+            overflow_updates=int(self.overflows),
+        )
+
+    def check(self) -> None:
+        """Stop with a clear message if `max_bad_updates` updates in a row were non-finite, or
+        fp16's loss scale fell below anything useful (every process decides alike: the
+        gradients they judge are the same all-reduced ones)."""
+        worst = int(self.worst_in_a_row)
+        self.worst_in_a_row.copy_(self.bad_in_a_row)
+        if worst >= self.max_bad_updates:
             raise TrainingError(
-                f"loss or gradient was {value} for {self.bad_in_a_row} updates in a row: training "
+                f"loss or gradient was not finite for {worst} updates in a row: training "
                 "diverged; resume from an earlier step-N.pt with a lower train.lr or more "
                 "train.warmup_steps"
+            )
+        if self.scaler.is_enabled() and self.scaler.get_scale() < MIN_LOSS_SCALE:
+            raise TrainingError(
+                f"fp16 loss scale fell below {MIN_LOSS_SCALE}: gradients overflow at every "
+                "scale; train with precision bf16 or fp32, or lower train.lr"
             )
 
     def state_dict(self) -> dict:
         return {
             "scaler": self.scaler.state_dict(),
-            "overflow_updates": self.overflow_updates,
-            "skipped_updates": self.skipped_updates,
+            "overflow_updates": int(self.overflows),
+            "skipped_updates": int(self.skipped),
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        self.overflow_updates = state["overflow_updates"]
-        self.skipped_updates = state["skipped_updates"]
+        self.overflows.fill_(state["overflow_updates"])
+        self.skipped.fill_(state["skipped_updates"])

@@ -25,7 +25,7 @@ from nmt_cli.checkpoint import load_checkpoint, save_checkpoint
 from nmt_cli.cli import app
 from nmt_cli.config import MODEL_CONFIGS, Config, config_from_dict
 from nmt_cli.ct2_translate import decode_settings
-from nmt_cli.data.batching import make_batches
+from nmt_cli.data.batching import plan_batches
 from nmt_cli.errors import ConfigError
 from nmt_cli.preprocess import preprocess
 from nmt_cli.runtime import has_fast_bf16
@@ -325,12 +325,12 @@ def test_batches_leave_out_pairs_over_max_len_and_keep_the_order_otherwise() -> 
     rng = np.random.default_rng(0)
     src, tgt = rng.integers(1, 30, 200), rng.integers(1, 30, 200)
     src[[5, 70]], tgt[120] = 5000, 900
-    batches = make_batches(src, tgt, 300, seed=3, epoch=2, max_len=100)
+    batches = plan_batches(src, tgt, 300, seed=3, max_len=100).batches
     kept = np.concatenate(batches)
     assert sorted(kept) == sorted(set(range(200)) - {5, 70, 120})
     short = np.delete(np.arange(200), [5, 70, 120])
-    plain = make_batches(src[short], tgt[short], 300, seed=3, epoch=2)
-    same = make_batches(src[short], tgt[short], 300, seed=3, epoch=2, max_len=100)
+    plain = plan_batches(src[short], tgt[short], 300, seed=3).batches
+    same = plan_batches(src[short], tgt[short], 300, seed=3, max_len=100).batches
     assert [b.tolist() for b in plain] == [b.tolist() for b in same]
     assert [short[b].tolist() for b in plain] == [b.tolist() for b in batches]
 

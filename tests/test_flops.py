@@ -7,9 +7,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nmt_cli.config import TransformerModelConfig
 from nmt_cli.data.tokenizer import BOS, EOS
+from nmt_cli.loss import TokenLoss
 from nmt_cli.models.flops import transformer_training_flops
 from nmt_cli.models.transformer import build_transformer
-from nmt_cli.update import token_loss
 
 
 @pytest.mark.parametrize("shared_vocab", [True, False])
@@ -23,9 +23,8 @@ def test_training_flops_match_pytorchs_counter(shared_vocab):
     tgt_in = torch.cat([torch.full((batch, 1), BOS), words[:, src_len:]], dim=1)
     tgt_out = torch.cat([words[:, src_len:], torch.full((batch, 1), EOS)], dim=1)
     with FlopCounterMode(display=False) as counter:
-        loss, _ = token_loss(model, (src, src != 0, tgt_in, tgt_out), label_smoothing=0.1,
-                             device=torch.device("cpu"), precision="fp32")  # fmt: skip
-        loss.backward()
+        loss = TokenLoss(model, label_smoothing=0.1, device=torch.device("cpu"), precision="fp32")
+        loss(src, src != 0, tgt_in, tgt_out).backward()
     expected = transformer_training_flops(
         cfg, vocab, np.full(batch, src_len + 1), np.full(batch, tgt_len + 1)
     )

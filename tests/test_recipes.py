@@ -31,6 +31,9 @@ def test_wmt14_transformer_recipes_follow_the_paper(name: str, paper_millions: i
     cfg = load_config(path)
     assert _parameters(path) == pytest.approx(paper_millions * 1e6, rel=0.05)
     assert cfg.train.batch_tokens * cfg.train.accum_steps == 25_000
+    # GPU geometry: one 25k-token micro-batch per GPU, bf16, compiled in static shapes
+    assert cfg.train.accum_steps == 1 and cfg.train.precision == "bf16"
+    assert cfg.train.compile and cfg.train.static_shapes
     assert cfg.train.warmup_steps == 4000 and cfg.train.label_smoothing == 0.1
     assert (cfg.decode.beam, cfg.decode.alpha) == (4, 0.6)
     assert cfg.train.keep_last == 5  # the last 5 checkpoints, for nmt average

@@ -20,13 +20,13 @@ import torch
 from test_train import read_metrics
 
 from nmt_cli import checkpoint as checkpoint_module
-from nmt_cli import update
 from nmt_cli.checkpoint import load_checkpoint, save_checkpoint
 from nmt_cli.config import TransformerModelConfig, config_from_dict
 from nmt_cli.data.batching import collate
 from nmt_cli.data.shards import ShardReader, ShardWriter
 from nmt_cli.distributed import Distributed
 from nmt_cli.errors import DataError, OutputError
+from nmt_cli.loss import TokenLoss
 from nmt_cli.models import build_model
 from nmt_cli.preprocess import preprocess
 from nmt_cli.train import train
@@ -34,9 +34,10 @@ from nmt_cli.update import Updater
 
 
 def _updater(model: torch.nn.Module, precision: str, max_bad_updates: int = 5) -> Updater:
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    return Updater(model, optimizer, device=torch.device("cpu"), precision=precision,
-                   clip_norm=1.0, label_smoothing=0.0, max_bad_updates=max_bad_updates,
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, fused=True)
+    loss = TokenLoss(model, label_smoothing=0.0, device=torch.device("cpu"), precision=precision)
+    return Updater(loss, optimizer, device=torch.device("cpu"), precision=precision,
+                   clip_norm=1.0, max_bad_updates=max_bad_updates,
                    dist=Distributed())  # fmt: skip
 
 
@@ -58,35 +59,43 @@ def test_fp16_overflow_steps_are_skipped_and_the_scale_recovers() -> None:
     updater = _updater(model, "fp16")
     # A scale far beyond fp16's range (6.5e4): the first updates must overflow.
     updater.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
-    batch = _copy_batch()
-    outcomes = [updater([batch], lr=3e-3) for _ in range(60)]
-    assert outcomes[0].overflow and not outcomes[0].applied
-    assert updater.overflow_updates >= 10  # halved from 2^40 to below 2^24 at least
-    assert all(o.applied for o in outcomes[-10:])
+    batch, tokens = _copy_batch(), 16 * 7
+    before = [p.detach().clone() for p in model.parameters()]
+    updater([batch], lr=3e-3, tokens=tokens)
+    assert updater.report().overflow_updates == 1  # skipped: the weights did not move
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    losses = []
+    for _ in range(60):
+        updater([batch], lr=3e-3, tokens=tokens)
+        losses.append(updater.report().loss)
+    assert updater.report().overflow_updates >= 10  # halved from 2^40 to below 2^24 at least
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    applied = [o.loss for o in outcomes if o.applied]
-    assert applied[-1] < 0.8 * applied[0]  # and it learns in fp16 afterwards
+    learnt = [loss for loss in losses if loss == loss]  # NaN: every update of it overflowed
+    assert learnt[-1] < 0.8 * learnt[0]  # and it learns in fp16 afterwards
 
 
 def test_nan_losses_are_skipped_and_training_goes_on(
     make_recipe, reverse_data: Path, tmp_path: Path, monkeypatch
 ) -> None:
     calls = {"n": 0}
-    real_loss = update.token_loss
+    real_forward = TokenLoss.forward
 
-    def sometimes_nan(*args, **kwargs):
+    def sometimes_nan(self, *batch):
+        if not self.model.training:  # validation
+            return real_forward(self, *batch)
         calls["n"] += 1
-        loss, count = real_loss(*args, **kwargs)
-        return (loss * float("nan") if calls["n"] in (3, 4, 9) else loss), count
+        loss = real_forward(self, *batch)
+        return loss * float("nan") if calls["n"] in (3, 4, 9) else loss
 
-    monkeypatch.setattr(update, "token_loss", sometimes_nan)
+    monkeypatch.setattr(TokenLoss, "forward", sometimes_nan)
     raw = make_recipe(train={"max_steps": 12, "log_every": 1, "valid_every": 6})
     result = train(config_from_dict(raw), reverse_data, tmp_path / "run", device="cpu",
                    show_progress=False)  # fmt: skip
     assert result.stopped_by == "max_steps" and result.steps == 12
     losses, _ = read_metrics(tmp_path / "run")
-    assert sorted(losses) == list(range(1, 13))  # skipped updates are not counted as steps
-    assert all(loss == loss for loss in losses.values())  # no NaN reached the log
+    # A skipped update still counts as a step: the host does not wait to learn of it.
+    assert sorted(losses) == list(range(1, 13))
+    assert [step for step, loss in losses.items() if loss != loss] == [3, 4, 9]
     last = load_checkpoint(tmp_path / "run" / "last.pt")
     assert last["train_state"]["updater"]["skipped_updates"] == 3
     assert all(torch.isfinite(t).all() for t in last["model_state"].values())

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from nmt_cli.average import average_checkpoints
 from nmt_cli.checkpoint import load_checkpoint
 from nmt_cli.config import TrainConfig, config_from_dict
-from nmt_cli.data.batching import make_batches
+from nmt_cli.data.batching import plan_batches
 from nmt_cli.data.shards import ShardReader
 from nmt_cli.errors import CheckpointError, ConfigError
 from nmt_cli.train import train
@@ -97,7 +98,7 @@ def resume_recipe(make_recipe, **train_values):
 
 
 def interrupt_at(k: int, presses: int = 1):
-    def on_step(step: int, loss: float) -> None:
+    def on_step(step: int) -> None:
         if step == k:
             for _ in range(presses):
                 signal.raise_signal(signal.SIGINT)
@@ -123,9 +124,9 @@ def epoch_end(reverse_data: Path, make_recipe) -> int:
     """The step that finishes the first epoch: resuming there must start epoch 2."""
     cfg = config_from_dict(resume_recipe(make_recipe))
     reader = ShardReader(reverse_data, "train")
-    batches = make_batches(
-        reader.src_lengths, reader.tgt_lengths, cfg.train.batch_tokens, seed=cfg.train.seed, epoch=0
-    )
+    batches = plan_batches(
+        reader.src_lengths, reader.tgt_lengths, cfg.train.batch_tokens, seed=cfg.train.seed
+    ).batches
     assert len(batches) < N - 1
     return len(batches)
 
@@ -374,15 +375,27 @@ TINY_TRANSFORMER = {"type": "transformer", "d_model": 32, "heads": 2, "ff_dim": 
                     "enc_layers": 1, "dec_layers": 1, "dropout": 0.0, "max_len": 40}  # fmt: skip
 
 
-def test_compiled_training_matches_eager(make_recipe, reverse_data: Path, tmp_path: Path) -> None:
+def test_compiled_training_matches_eager_and_compiles_each_shape_once(
+    make_recipe, reverse_data: Path, tmp_path: Path
+) -> None:
+    """Static shapes: two epochs and more draw every batch shape again, and none of the
+    repeats compiles anew."""
     losses = {}
     for compiled in (False, True):
-        raw = make_recipe(train={"max_steps": 8, "log_every": 1, "valid_every": 8,
+        raw = make_recipe(train={"max_steps": 12, "log_every": 1, "valid_every": 12,
+                                 "batch_tokens": 2000, "static_shapes": True,
                                  "compile": compiled})  # fmt: skip
         raw["model"] = dict(TINY_TRANSFORMER)
         run = tmp_path / f"compile-{compiled}"
+        torch._dynamo.reset()
+        counters.clear()
         train(config_from_dict(raw), reverse_data, run, device="cpu", show_progress=False)
         losses[compiled], _ = read_metrics(run)
+    reader = ShardReader(reverse_data, "train")
+    plan = plan_batches(reader.src_lengths, reader.tgt_lengths, 2000, seed=1, max_len=40,
+                        static_shapes=True)  # fmt: skip
+    assert 12 >= 2 * len(plan)  # two epochs at least
+    assert 1 < counters["stats"]["unique_graphs"] <= len(plan.shapes())
     for step, loss in losses[False].items():
         assert losses[True][step] == pytest.approx(loss, rel=1e-3), step
     ckpt = load_checkpoint(tmp_path / "compile-True" / "last.pt")

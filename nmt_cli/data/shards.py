@@ -274,9 +274,12 @@ class ShardReader:
         i = i % len(self)
         return self._slice("src", i), self._slice("tgt", i)
 
-    def padded(self, side: str, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def padded(
+        self, side: str, indices: Sequence[int], width: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Sentences `indices` of one side as the rows of a PAD-filled int64 matrix one column
-        wider than the longest (room for EOS), and their lengths, as `batching.pad_rows`. A
+        wider than the longest (room for EOS), or `width` columns if more, and their lengths,
+        as `batching.pad_rows`. A
         training batch is gathered in a few array operations rather than a Python step per
         sentence: 0.4 instead of 7.5 ms for 1,400 Multi30k pairs, time a GPU would otherwise
         wait for at every update."""
@@ -284,7 +287,7 @@ class ShardReader:
         indices = np.asarray(indices, dtype=np.int64)
         starts = offsets[indices]
         lengths = offsets[indices + 1] - starts
-        width = int(lengths.max()) + 1
+        width = max(int(lengths.max()) + 1, width)
         inside = np.arange(width) < lengths[:, None]
         rows = np.full((len(indices), width), PAD, dtype=np.int64)
         rows[inside] = self._tokens[side][(starts[:, None] + np.arange(width))[inside]]
