@@ -17,7 +17,7 @@ the process (`/usr/bin/time -v`), and sacreBLEU. The engines, in one run:
 
 Every engine gets the same cores; the thread settings are printed with the figures. Our
 decoder and CTranslate2 both cut the length-sorted input into batches of `--batch-tokens`
-source tokens (default 1500, what new recipes store; 4000 is faster on 2 cores and costs
+source tokens (default: the device's, 1,500 on a CPU; 4000 is faster on 2 cores and costs
 memory, see the README). With `--rss-lines N` it also pipes
 an N-line input (the test set repeated) through `nmt translate` and reports its peak RSS:
 memory must not grow with the input, which is streamed.
@@ -69,7 +69,8 @@ def worker(args: argparse.Namespace) -> None:
         from nmt_cli.translate import Translator
 
         translator = Translator.from_checkpoint(
-            args.model, torch.device("cpu"), {"beam": BEAM, "batch_tokens": args.batch_tokens},
+            args.model, torch.device(args.device),
+            {"beam": BEAM, "batch_tokens": args.batch_tokens},
             quantize=args.quantize,
             precision=args.dtype,
         )  # fmt: skip
@@ -81,8 +82,8 @@ def worker(args: argparse.Namespace) -> None:
         from nmt_cli.ct2_translate import CTranslate2Translator
 
         translator = CTranslate2Translator(
-            args.model, {"beam": BEAM, "batch_tokens": args.batch_tokens},
-            inter_threads=args.threads, intra_threads=1,
+            args.model, {"beam": BEAM, "batch_tokens": args.batch_tokens}, device=args.device,
+            compute_type=args.compute_type, inter_threads=args.threads, intra_threads=1,
         )  # fmt: skip
     loaded = time.perf_counter()
     translations = translator.translate(lines)
@@ -203,6 +204,8 @@ def main() -> None:
         w.add_argument("--threads", type=int, default=THREADS)
         w.add_argument("--quantize")
         w.add_argument("--dtype", default="fp32")
+        w.add_argument("--device", default="cpu")
+        w.add_argument("--compute-type", default="default", help="CTranslate2's")
         w.add_argument("--uncached", action="store_true", help="recompute the prefix each step")
         w.add_argument("--batch-tokens", type=int, default=DecodeConfig().batch_tokens)
         worker(w.parse_args(sys.argv[2:]))
@@ -216,8 +219,8 @@ def main() -> None:
     parser.add_argument("--peer", choices=["fairseq"], action="append", default=[])
     parser.add_argument("--rss-lines", type=int, default=0, help="also stream this many lines")
     parser.add_argument(
-        "--batch-tokens", type=int, default=DecodeConfig().batch_tokens,
-        help="our decoder's source tokens per decoding batch (default: a new recipe's)",
+        "--batch-tokens", type=int, default=DecodeConfig().batch_tokens_on("cpu"),
+        help="our decoder's source tokens per decoding batch (default: a new recipe's on a CPU)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()

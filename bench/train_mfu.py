@@ -2,12 +2,13 @@
 decides them on a GPU (batch shapes, compilations, the loss's memory, batching time).
 
 Trains the Transformer (preset `base` by default: 6+6 layers, d_model 512, FFN 2048) with
-`nmt_cli.train.train`, the function behind `nmt train`, for a fixed number of updates, on a
-preprocessed data dir or on `--synthetic wmt` (WMT14 En-De's lengths and a 32k vocabulary,
-see `synthetic_wmt.py`), and reports the mean of the logging intervals after the first
-`--skip` (start-up, autotuning and compilation happen there):
+`nmt_cli.train.train`, the function behind `nmt train`, for a number of updates (or
+`--seconds`), on a preprocessed data dir or on `--synthetic wmt` (WMT14 En-De's lengths and a
+32k vocabulary, see `synthetic_wmt.py`), and reports the logging intervals after the first
+`--skip` (start-up and autotuning happen there):
 
-- target tok/s: real target tokens (+ EOS) per second, as `nmt train` logs them;
+- target tok/s: real target tokens (+ EOS) per second, as `nmt train` logs them: the median
+  of the logging intervals (one in which torch.compile met a new shape is an outlier);
 - TFLOP/s and MFU: model FLOPs (`nmt_cli/models/flops.py`: the matrix products the model
   needs for the real tokens, forward and backward) per second, over the device's dense bf16
   peak (989 TFLOP/s for an H100 SXM or H200; `--peak-tflops` for other devices). FLOPs per
@@ -79,6 +80,7 @@ def recipe(args: argparse.Namespace) -> dict:
             "batch_tokens": args.batch_tokens,
             "accum_steps": args.accum_steps,
             "max_steps": args.steps,
+            "max_seconds": args.seconds,
             "log_every": args.log_every,
             "valid_every": 0,
             "keep_last": 1,
@@ -180,11 +182,13 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="train.compile: torch.compile")
     parser.add_argument("--static-shapes", action="store_true", help="train.static_shapes")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--seconds", type=float, default=0.0, help="stop training after (0: no)")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--skip", type=int, default=1, help="first logging intervals left out")
     parser.add_argument("--loss-tokens", type=int, default=25000, help="0: skip the loss figure")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak, if not known")
     parser.add_argument("--profile", type=Path, help="write the profiler's operator table here")
+    parser.add_argument("--keep-run", type=Path, help="train into this run dir and keep it")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     on_gpu = args.device.startswith("cuda")
@@ -203,15 +207,16 @@ def main() -> None:
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(args.device)
     counters.clear()
-    with tempfile.TemporaryDirectory() as run_dir:
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = args.keep_run or Path(scratch) / "run"
         result = train(cfg, data, run_dir, device=args.device, show_progress=False,
                        on_step=on_step)  # fmt: skip
-        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     logged = [json.loads(line) for line in lines]
     rates = [r["tok_per_s"] for r in logged if "tok_per_s" in r][args.skip :]
     if not rates:
         parser.error("no logging interval left to measure: raise --steps or lower --skip")
-    tokens_per_s = statistics.mean(rates)
+    tokens_per_s = statistics.median(rates)  # an interval that compiled a shape is an outlier
     achieved = tokens_per_s * per_token / 1e12
     vocab = read_manifest(data)["tokenizer"]["vocab_size"]["tgt"]
     cut_s, order_s = batching_seconds(args.batch_tokens, args.static_shapes)

@@ -276,8 +276,8 @@ def translate(
         str | None, typer.Option(help="int8: dynamic int8 linear layers (CPU).")
     ] = None,
     dtype: Annotated[
-        str, typer.Option(help="fp32, bf16, fp16 or auto (bf16 where native).")
-    ] = "fp32",
+        str, typer.Option(help="auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16.")
+    ] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     engine: Annotated[
@@ -352,7 +352,7 @@ def _make_translator(
         )  # fmt: skip
     if engine != "ctranslate2":
         raise ConfigError(f"--engine {engine}: choose torch or ctranslate2")
-    if len(models) != 1 or replace_unk or dtype != "fp32":
+    if len(models) != 1 or replace_unk or dtype not in ("auto", "fp32"):
         raise ConfigError(
             "--engine ctranslate2 takes one exported directory and no --replace-unk or --dtype; "
             "drop those options, or use --engine torch on the checkpoint"

@@ -82,6 +82,7 @@ class CTranslate2Translator:
         device_name, index = _device(device, ctranslate2.get_cuda_device_count())
         if inter_threads is None:
             inter_threads = _cores() if device_name == "cpu" else 1
+        self.batch_tokens = self.decode.batch_tokens_on(device_name)
         try:
             self.engine = ctranslate2.Translator(
                 str(model_dir),
@@ -178,7 +179,7 @@ class CTranslate2Translator:
         one length limit (CTranslate2 takes one maximum length per call)."""
         batch: list[int] = []
         for i in order:
-            full = (len(ids[i]) + 1) * (len(batch) + 1) > self.decode.batch_tokens
+            full = (len(ids[i]) + 1) * (len(batch) + 1) > self.batch_tokens
             if batch and (full or limits[i] != limits[batch[0]]):
                 yield batch
                 batch = []

@@ -7,7 +7,8 @@ per update, as much time on a GPU as the model's matrix products. Here the forwa
 only each row's log-sum-exp, computed a chunk of rows at a time in fp32 from the logits in
 their own dtype (bf16 under autocast), and backward recomputes the softmax chunk by chunk and
 writes the gradient straight into the logits' dtype (apex's fused `xentropy` does the same).
-No temporary grows beyond one chunk of `CHUNK_ELEMENTS`.
+No temporary grows beyond one chunk of `CHUNK_ELEMENTS`, and on a CPU this is also twice as
+fast as `F.cross_entropy`.
 
 With eps the smoothing weight, V the vocabulary size and t the reference word, a row's loss
 is PyTorch's (1 - eps) * NLL(t) + eps * mean over all V words of NLL(word):
@@ -25,17 +26,22 @@ import torch
 from nmt_cli.data.tokenizer import PAD
 from nmt_cli.runtime import autocast
 
-CHUNK_ELEMENTS = 1 << 24  # 64 MB of fp32 per chunk: ~512 rows of a 32k vocabulary
+# Elements per chunk. On a CPU a chunk that stays in cache (4 MB of fp32) makes the passes over
+# it cheap: forward and backward of 3,400 x 8,000 logits took 104 ms (2 cores), 134 with
+# 64 MB chunks, 210 for F.cross_entropy. On a GPU each chunk costs kernel launches (a compiled
+# step unrolls the loop), so chunks are large: 256 MB, ~2,000 rows of a 32k vocabulary.
+CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
-def chunk_rows(vocab_size: int) -> int:
-    return max(1, CHUNK_ELEMENTS // vocab_size)
+def chunk_rows(logits: torch.Tensor) -> int:
+    elements = CHUNK_ELEMENTS.get(logits.device.type, CHUNK_ELEMENTS["cuda"])
+    return max(1, elements // logits.size(1))
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, smoothing: float, ignore_index: int):  # noqa: ANN001
-        rows = chunk_rows(logits.size(1))
+        rows = chunk_rows(logits)
         keep = target != ignore_index
         lse = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
@@ -55,15 +61,21 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total):  # noqa: ANN001
         logits, target, lse = ctx.saved_tensors
         smoothing, vocab = ctx.smoothing, logits.size(1)
-        rows = chunk_rows(vocab)
+        rows = chunk_rows(logits)
         grad = torch.empty_like(logits)
+        weight = torch.where(target != ctx.ignore_index, grad_total, 0.0).unsqueeze(1)  # [N, 1]
+        in_place = grad.dtype == torch.float32  # else computed in fp32, then cast
         for start in range(0, logits.size(0), rows):
-            x = logits[start : start + rows].float()
-            t = target[start : start + rows]
-            g = (x - lse[start : start + rows, None]).exp() - smoothing / vocab
-            g = g.scatter_add(1, t.unsqueeze(1), torch.full_like(g[:, :1], smoothing - 1.0))
-            weight = torch.where(t != ctx.ignore_index, grad_total, 0.0)
-            grad[start : start + rows] = (g * weight[:, None]).to(logits.dtype)
+            end = min(start + rows, logits.size(0))
+            x, w = logits[start:end].float(), weight[start:end]
+            # In place, a few passes over the chunk: w * (softmax - eps / V) ...
+            g = grad[start:end] if in_place else torch.empty_like(x)
+            torch.sub(x, lse[start:end, None], out=g).exp_()
+            torch.addcmul(w * (-smoothing / vocab), g, w, out=g)
+            # ... - w * (1 - eps) at the reference word.
+            g.scatter_add_(1, target[start:end, None], w * (smoothing - 1.0))
+            if not in_place:
+                grad[start:end] = g
         return grad, None, None, None
 
 

@@ -123,6 +123,14 @@ def precision_warning(precision: str, device: torch.device) -> str | None:
     return None
 
 
+def decoding_precision(precision: str, device: torch.device, *, lstm: bool = False) -> str:
+    """`resolve_precision` for translation, whose `auto` is bf16 on a GPU that has it but fp32
+    on any CPU: the CPU's fast decoding paths (prepacked and int8 weights) are fp32 ones."""
+    if precision == "auto" and device.type == "cpu":
+        return "fp32"
+    return resolve_precision(precision, device, lstm=lstm)
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass; `precision` is already resolved (not `auto`)."""
     if precision in ("bf16", "fp16"):

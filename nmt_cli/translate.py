@@ -30,7 +30,7 @@ from nmt_cli.models.ensemble import Ensemble
 from nmt_cli.models.ntm import MemoryTrace, NTMSeq2Seq
 from nmt_cli.prepack import can_prepack, prepack_linear
 from nmt_cli.quantize import quantize_int8
-from nmt_cli.runtime import autocast, resolve_precision
+from nmt_cli.runtime import autocast, decoding_precision
 
 
 @dataclasses.dataclass
@@ -52,7 +52,7 @@ class Translator:
         *,
         max_input_tokens: int,
         device: torch.device,
-        precision: str = "fp32",
+        precision: str = "auto",
         replace_unk: bool = False,
     ) -> None:
         self.model = model
@@ -62,7 +62,8 @@ class Translator:
         self.max_input_tokens = max_input_tokens
         self.device = device
         lstm = any(isinstance(m, torch.nn.LSTM) for m in model.modules())
-        self.precision = resolve_precision(precision, device, lstm=lstm)
+        self.precision = decoding_precision(precision, device, lstm=lstm)
+        self.batch_tokens = decode.batch_tokens_on(device.type)
         self.replace_unk = replace_unk
         self.generator = torch.Generator().manual_seed(decode.seed)  # sampling draws
 
@@ -73,7 +74,7 @@ class Translator:
         device: torch.device,
         decode_overrides: dict | None = None,
         *,
-        precision: str = "fp32",
+        precision: str = "auto",
         quantize: str | None = None,
         replace_unk: bool = False,
     ) -> Translator:
@@ -111,7 +112,7 @@ class Translator:
             model = quantize_int8(model)
         elif (
             device.type == "cpu"
-            and resolve_precision(precision, device) == "fp32"
+            and decoding_precision(precision, device) == "fp32"
             and can_prepack()
         ):
             model = prepack_linear(model)
@@ -213,7 +214,7 @@ class Translator:
         """Cut length-sorted sentence indices into batches of about `batch_tokens` tokens."""
         batch: list[int] = []
         for i in order:
-            if batch and (len(ids[i]) + 1) * (len(batch) + 1) > self.decode.batch_tokens:
+            if batch and (len(ids[i]) + 1) * (len(batch) + 1) > self.batch_tokens:
                 yield batch
                 batch = []
             batch.append(i)

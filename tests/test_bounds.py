@@ -191,7 +191,7 @@ OPTION_CASES = [
     (["--max-len-a", "-1"], "decode.max_len_a must be in [0, 100], got -1.0"),
     (["--beam", "100000000"], "decode.beam must be in [1, 1000], got 100000000"),
     (["--sampling", "--seed", str(10**23)], "decode.seed must be in [0, 2147483647]"),
-    (["--batch-tokens", "0"], "decode.batch_tokens must be in [1, 10000000], got 0"),
+    (["--batch-tokens", "-1"], "decode.batch_tokens must be in [0, 10000000], got -1"),
     (["--top-p", "1.5", "--sampling"], "decode.top_p must be in (0, 1], got 1.5"),
     (["--n-best", "3", "--beam", "2"], "n-best 3 with beam 2"),
     pytest.param(["--dtype", "bf16"], "bf16 LSTMs (model.type rnn) have no kernel", marks=NO_BF16),

@@ -17,14 +17,23 @@ EOS is allowed. Done sentences leave the batch at once, so the steps that remain
 what the unfinished sentences need, and a sentence's result never depends on its batch-mates.
 
 A target prefix forces the first words of a sentence's output (the search continues from it).
+
+On a GPU the host must not wait for the device more than it has to: a step's kernels are
+small, and a wait drains the queue the host would otherwise keep filled. A step waits once,
+to learn which hypotheses ended (their scores and beams come in the same copy); the length
+limits are read before the first step, finished hypotheses stay on the device until the
+search ends, and the decoder state is told how the kept rows group into sentences instead
+of finding out from the index.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
+from nmt_cli.data.batching import to_device
 from nmt_cli.decode import Hypothesis, max_output_lengths
 from nmt_cli.errors import ConfigError
 
@@ -77,21 +86,33 @@ def _prefix_tensor(prefixes: list[list[int]] | None, batch: int, device) -> torc
     return out
 
 
-def _restrict(log_probs: torch.Tensor, run: _Running, t: int, G: int, eos: int) -> None:
-    """In place, on G rows per sentence: force prefix words, and only EOS at the length limit."""
+def _restrict(
+    log_probs: torch.Tensor, run: _Running, t: int, G: int, eos: int, some_at_limit: bool
+) -> None:
+    """In place, on G rows per sentence: force prefix words, and only EOS at the length limit
+    (`some_at_limit`: whether any running sentence is there, known to the host)."""
     if t < run.prefix.size(1):
-        forced = run.prefix[:, t].repeat_interleave(G)  # [N*G]
-        rows = (forced >= 0).nonzero().squeeze(1)
-        if rows.numel():
-            words = forced[rows]
-            kept = log_probs[rows, words]
-            log_probs[rows] = float("-inf")
-            log_probs[rows, words] = kept
-    at_limit = (t + 1 >= run.limit).repeat_interleave(G)  # [N*G]
-    if bool(at_limit.any()):
+        forced = run.prefix[:, t].repeat_interleave(G).unsqueeze(1)  # [N*G, 1], -1: free
+        has_prefix, words = forced >= 0, forced.clamp(min=0)
+        kept = log_probs.gather(1, words)
+        log_probs.masked_fill_(has_prefix, float("-inf"))
+        log_probs.scatter_(1, words, torch.where(has_prefix, kept, log_probs.gather(1, words)))
+    if some_at_limit:
+        at_limit = (t + 1 >= run.limit).repeat_interleave(G)  # [N*G]
         eos_scores = log_probs[:, eos].clone()
-        log_probs[at_limit] = float("-inf")
+        log_probs.masked_fill_(at_limit.unsqueeze(1), float("-inf"))
         log_probs[:, eos] = torch.where(at_limit, eos_scores, log_probs[:, eos])
+
+
+@dataclasses.dataclass
+class _Finished:
+    """A hypothesis that ended in EOS, still on the device (read once, when the search ends)."""
+
+    sentence: int
+    history: torch.Tensor  # [t] its words
+    score: float
+    coverage: torch.Tensor | None  # [] its coverage penalty, when used
+    attention: torch.Tensor | None  # [t + 1, S_b]
 
 
 # Words per block in `best_continuations`: the fastest of 32-256 on Multi30k's 8k vocabulary.
@@ -159,6 +180,7 @@ def beam_search(
     prefix = _prefix_tensor(prefixes, B, device)
     limits = max_output_lengths(src_mask, max_len_a, max_len_b)
     limits = torch.maximum(limits, (prefix >= 0).sum(1) + 1)  # room for the prefix and EOS
+    limits_of, src_lengths = torch.stack([limits, src_mask.sum(1)]).tolist()  # per sentence
     state = model.init_state(model.encode(src, src_mask))  # one row per sentence
     S = src.size(1)
     run = _Running(
@@ -171,11 +193,11 @@ def beam_search(
         coverage=torch.zeros(B, S, device=device) if coverage else None,
         attention=torch.empty(B, 0, S, device=device) if keep_attention else None,
     )
+    running = list(range(B))  # the host's copy of run.sentence
     prev = torch.full((B,), bos, dtype=torch.long, device=device)
-    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-    src_lengths = src_mask.sum(1).tolist()
+    finished: list[list[_Finished]] = [[] for _ in range(B)]
 
-    for t in range(int(limits.max())):
+    for t in range(max(limits_of)):
         log_probs, state, attention = model.step(prev, state)  # [N*G, V]
         log_probs = log_probs.float()
         (N, G), V = run.scores.shape, log_probs.size(1)  # G hypotheses per sentence: 1, then K
@@ -190,48 +212,69 @@ def beam_search(
             run.coverage = run.coverage + attention.float()
         if run.attention is not None:
             run.attention = torch.cat([run.attention, attention.float().unsqueeze(1)], dim=1)
-        _restrict(log_probs, run, t, G, eos)
+        _restrict(log_probs, run, t, G, eos, any(t + 1 >= limits_of[b] for b in running))
         width = min(2 * K, G * V)  # 2K, but a toy vocabulary may have fewer words
         top_scores, top_index = best_continuations(log_probs, run.scores, width)  # [N, width]
         top_beam, top_word = top_index // V, top_index % V
         is_eos = top_word == eos
 
-        # Set aside EOS hypotheses that rank within the top K.
-        hits = (is_eos[:, :K] & torch.isfinite(top_scores[:, :K])).nonzero().tolist()
-        if hits:
-            hit_rows = torch.tensor([n * G + int(top_beam[n, j]) for n, j in hits], device=device)
-            hit_scores = top_scores[[n for n, _ in hits], [j for _, j in hits]]
-            hit_scores = hit_scores / length_penalty(t + 1, alpha)
-            if run.coverage is not None:
-                hit_scores += coverage_penalty(
-                    run.coverage[hit_rows], run.src_mask[hit_rows], coverage
-                )
-            for (n, _), row, score in zip(
-                hits, hit_rows.tolist(), hit_scores.tolist(), strict=True
-            ):
-                b = int(run.sentence[n])
+        # EOS hypotheses that rank within the top K end here, with their final scores.
+        K_ = min(K, width)
+        ends = is_eos[:, :K_] & torch.isfinite(top_scores[:, :K_])
+        end_rows = torch.arange(N, device=device).unsqueeze(1) * G + top_beam[:, :K_]  # [N, K_]
+        end_scores = top_scores[:, :K_] / length_penalty(t + 1, alpha)
+        # The step's one wait for the device: which hypotheses ended, and their scores.
+        ended = torch.cat([ends.float(), end_scores, end_rows.float()], dim=1).tolist()
+        for n, (b, row_values) in enumerate(zip(running, ended, strict=True)):
+            for j in (j for j in range(K_) if row_values[j]):
+                row = int(row_values[2 * K_ + j])
+                cp = None
+                if run.coverage is not None:
+                    cp = coverage_penalty(run.coverage[row : row + 1],
+                                          run.src_mask[row : row + 1], coverage)[0]  # fmt: skip
                 attn = None
                 if run.attention is not None:
                     attn = run.attention[row, :, : src_lengths[b]].clone()  # [t+1, S_b]
-                finished[b].append(Hypothesis(run.history[row].tolist(), score, attn))
-        done = t + 1 >= run.limit
-        for n, _ in hits:
-            done[n] |= len(finished[int(run.sentence[n])]) >= K
-        if bool(done.all()):
+                finished[b].append(_Finished(b, run.history[row], row_values[K_ + j], cp, attn))
+        done = [t + 1 >= limits_of[b] or len(finished[b]) >= K for b in running]
+        if all(done):
             break
 
         # Keep the K best non-EOS continuations of each running sentence: rank EOS last.
         rank = is_eos.long() * width + torch.arange(width, device=device)
-        keep = rank.topk(min(K, width), dim=1, largest=False).indices  # [N, K]
+        keep = rank.topk(K_, dim=1, largest=False).indices  # [N, K]
         offsets = torch.arange(N, device=device).unsqueeze(1) * G
         rows = offsets + top_beam.gather(1, keep)
         words = top_word.gather(1, keep)
         new_scores = top_scores.gather(1, keep)
-        running = (~done).nonzero().squeeze(1)  # [N']
-        rows, words = rows[running].view(-1), words[running].view(-1)
-        next_run = run.select(running, rows)
-        next_run.scores = new_scores[running]
+        kept = None  # all sentences go on
+        if any(done):
+            kept_list = [n for n in range(N) if not done[n]]
+            running = [running[n] for n in kept_list]
+            kept = to_device(np.array(kept_list, dtype=np.int64), device)  # no wait
+            rows, words, new_scores = rows[kept], words[kept], new_scores[kept]
+        rows, words = rows.view(-1), words.view(-1)
+        next_run = run.select(torch.arange(N, device=device) if kept is None else kept, rows)
+        next_run.scores = new_scores
         next_run.history = torch.cat([next_run.history, words.unsqueeze(1)], dim=1)
-        run, prev, state = next_run, words, state.reorder(rows)
+        state = state.reorder(rows, rows_per_sentence=K_, sentences=kept)
+        run, prev = next_run, words
 
-    return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]
+    return _read_back(finished, n_best)
+
+
+def _read_back(finished: list[list[_Finished]], n_best: int) -> list[list[Hypothesis]]:
+    """The finished hypotheses as `Hypothesis`es, best first: their words and coverage
+    penalties come from the device in one copy."""
+    ended = [f for hyps in finished for f in hyps]
+    if not ended:
+        return [[] for _ in finished]
+    histories = [f.history for f in ended]
+    penalties = [f.coverage for f in ended if f.coverage is not None]
+    words = torch.nn.utils.rnn.pad_sequence(histories, batch_first=True)
+    words_of, cp_of = words.tolist(), torch.stack(penalties).tolist() if penalties else []
+    results: list[list[Hypothesis]] = [[] for _ in finished]
+    for i, f in enumerate(ended):
+        score = f.score + (cp_of[i] if cp_of else 0.0)
+        results[f.sentence].append(Hypothesis(words_of[i][: len(f.history)], score, f.attention))
+    return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in results]

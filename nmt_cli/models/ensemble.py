@@ -20,8 +20,8 @@ from nmt_cli.models.state import DecoderState
 class EnsembleState(DecoderState):
     members: list[DecoderState]
 
-    def reorder(self, index: torch.Tensor) -> EnsembleState:
-        return EnsembleState([state.reorder(index) for state in self.members])
+    def reorder(self, index: torch.Tensor, **grouping) -> EnsembleState:  # noqa: ANN003
+        return EnsembleState([state.reorder(index, **grouping) for state in self.members])
 
 
 class Ensemble(nn.Module):

@@ -16,8 +16,21 @@ import torch
 class DecoderState:
     """Base class: every field is a batch-first tensor (or None)."""
 
-    def reorder(self, index: torch.Tensor) -> DecoderState:
-        """Select rows `index` [B'] of every field: beam expansion and hypothesis reordering."""
+    def reorder(
+        self,
+        index: torch.Tensor,
+        *,
+        rows_per_sentence: int | None = None,
+        sentences: torch.Tensor | None = None,
+    ) -> DecoderState:
+        """Select rows `index` [B'] of every field: beam expansion and hypothesis reordering.
+
+        Beam search also says how the new rows group, which a state that keeps something per
+        sentence (the Transformer's encoder keys) would otherwise find out from `index`, at
+        the cost of a wait for the GPU: `rows_per_sentence` rows for each kept sentence,
+        sentence-major, and `sentences` [N'], the old index of each kept sentence (None: all
+        sentences kept, in order).
+        """
         return dataclasses.replace(
             self,
             **{

@@ -61,17 +61,18 @@ class TransformerState(DecoderState):
     rows_per_sentence: int = 1  # G: rows r*G .. r*G+G-1 belong to sentence r
     rows: torch.Tensor | None = None  # [R] row r continues cached row rows[r]; None: r itself
 
-    def reorder(self, index: torch.Tensor) -> TransformerState:
-        """Select rows `index`; sentences follow their rows, copied only when they change."""
-        sentence_of_row = index // self.rows_per_sentence
-        sentences, counts = torch.unique_consecutive(sentence_of_row, return_counts=True)
-        if bool((counts == counts[0]).all()):  # sentence-major, equal groups: a beam
-            rows_per_sentence, pick = int(counts[0]), sentences
-        else:
-            rows_per_sentence, pick = 1, sentence_of_row
-        N = self.key_mask.size(0)
-        unchanged = pick.numel() == N and torch.equal(pick, torch.arange(N, device=pick.device))
-        select = lambda x, dim: x if unchanged else x.index_select(dim, pick)  # noqa: E731
+    def reorder(
+        self,
+        index: torch.Tensor,
+        *,
+        rows_per_sentence: int | None = None,
+        sentences: torch.Tensor | None = None,
+    ) -> TransformerState:
+        """Select rows `index`; sentences follow their rows, copied only when they change
+        (see `DecoderState.reorder`: without the grouping, it is found from `index`)."""
+        if rows_per_sentence is None:
+            rows_per_sentence, sentences = self._grouping(index)
+        select = lambda x, dim: x if sentences is None else x.index_select(dim, sentences)  # noqa: E731
         return TransformerState(
             self_keys=self.self_keys,
             self_values=self.self_values,
@@ -81,6 +82,18 @@ class TransformerState(DecoderState):
             rows_per_sentence=rows_per_sentence,
             rows=index if self.rows is None else self.rows.index_select(0, index),
         )
+
+    def _grouping(self, index: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+        """How the rows `index` group into sentences, read from the index itself."""
+        sentence_of_row = index // self.rows_per_sentence
+        sentences, counts = torch.unique_consecutive(sentence_of_row, return_counts=True)
+        if bool((counts == counts[0]).all()):  # sentence-major, equal groups: a beam
+            rows_per_sentence, pick = int(counts[0]), sentences
+        else:
+            rows_per_sentence, pick = 1, sentence_of_row
+        N = self.key_mask.size(0)
+        unchanged = pick.numel() == N and torch.equal(pick, torch.arange(N, device=pick.device))
+        return rows_per_sentence, None if unchanged else pick
 
     def grown_cache(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values [L, R, h, t + 1, d_h]: the cached t positions of each row, in row

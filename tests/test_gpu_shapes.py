@@ -1,6 +1,6 @@
-"""The training step as a GPU wants it: a loss that never holds the whole fp32 [tokens x
-vocabulary] tensor, batches of a few fixed shapes cut once per run, and an ordinary update
-that never waits for the device."""
+"""Training and decoding as a GPU wants them: a loss that never holds the whole fp32 [tokens
+x vocabulary] tensor, batches of a few fixed shapes cut once per run, an ordinary update that
+never waits for the device, and a beam search that waits once per step."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from nmt_cli import loss as loss_module
-from nmt_cli.config import config_from_dict
-from nmt_cli.data.batching import bucket_width, plan_batches
+from nmt_cli.config import TransformerModelConfig, config_from_dict
+from nmt_cli.data.batching import bucket_width, collate, plan_batches
+from nmt_cli.decode.beam import beam_search
 from nmt_cli.loss import smoothed_cross_entropy
+from nmt_cli.models import build_model
 from nmt_cli.trainer import Trainer
 
 PAD_ID = 1
@@ -33,7 +35,7 @@ def _logits_and_targets(rows: int, vocab: int, dtype: torch.dtype = torch.float3
 @pytest.mark.parametrize("chunk_rows", [1, 7, 64, 10_000])
 def test_chunked_loss_and_gradient_equal_pytorchs(smoothing, chunk_rows, monkeypatch) -> None:
     vocab = 301
-    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", chunk_rows * vocab)
+    monkeypatch.setitem(loss_module.CHUNK_ELEMENTS, "cpu", chunk_rows * vocab)
     logits, target = _logits_and_targets(200, vocab)
     ref = F.cross_entropy(logits, target, ignore_index=PAD_ID, label_smoothing=smoothing,
                           reduction="sum")  # fmt: skip
@@ -140,3 +142,26 @@ def test_an_ordinary_update_never_waits_for_the_device(
             trainer.update(batches[b : b + 1])
     assert counted.calls == []
     assert trainer.updater.report().loss > 0  # the one wait, at a logging step
+
+
+@pytest.mark.parametrize("prefixes", [None, [[5, 6], [], [7], [], [], []]])
+def test_beam_search_waits_once_per_step(prefixes) -> None:
+    """Sentences of different lengths, some finishing early, some forced to start with a
+    prefix: one wait per step, and two more (the limits before, the words after)."""
+    torch.manual_seed(0)
+    config = TransformerModelConfig(d_model=32, heads=2, ff_dim=64, enc_layers=1,
+                                    dec_layers=1, dropout=0.0, max_len=40)  # fmt: skip
+    model = build_model(config, 30, 30, True).eval()
+    sources = [[4 + (i * j) % 25 for j in range(3 + 2 * i)] for i in range(6)]
+    src, src_mask, _, _ = collate([(s, s) for s in sources], torch.device("cpu"))
+    steps = []
+    real_step = model.step
+    model.step = lambda *args: steps.append(1) or real_step(*args)
+    with CountSyncs() as counted:
+        results = beam_search(model, src, src_mask, beam=4, bos=2, eos=3, alpha=0.6,
+                              max_len_a=1.0, max_len_b=3, n_best=2, coverage=0.2,
+                              prefixes=prefixes, keep_attention=True)  # fmt: skip
+    assert len(counted.calls) <= len(steps) + 3, counted.calls
+    assert all(len(hyps) == 2 and hyps[0].score >= hyps[1].score for hyps in results)
+    if prefixes:
+        assert results[0][0].tokens[:2] == [5, 6] and results[2][0].tokens[:1] == [7]
