@@ -225,7 +225,7 @@ def beam_search(
         end_scores = top_scores[:, :K_] / length_penalty(t + 1, alpha)
         # The step's one wait for the device: which hypotheses ended, and their scores.
         ended = torch.cat([ends.float(), end_scores, end_rows.float()], dim=1).tolist()
-        for n, (b, row_values) in enumerate(zip(running, ended, strict=True)):
+        for b, row_values in zip(running, ended, strict=True):
             for j in (j for j in range(K_) if row_values[j]):
                 row = int(row_values[2 * K_ + j])
                 cp = None
