@@ -6,7 +6,8 @@ target tokens x a 32k vocabulary) that is 3.2 GB per fp32 copy and ~50 GB of mem
 per update, as much time on a GPU as the model's matrix products. Here the forward pass keeps
 only each row's log-sum-exp, computed a chunk of rows at a time in fp32 from the logits in
 their own dtype (bf16 under autocast), and backward recomputes the softmax chunk by chunk and
-writes the gradient straight into the logits' dtype (apex's fused `xentropy` does the same).
+writes each chunk's gradient into one tensor of the logits' dtype (apex's fused `xentropy`
+works the same way).
 No temporary grows beyond one chunk of `CHUNK_ELEMENTS`, and on a CPU this is also twice as
 fast as `F.cross_entropy`.
 
@@ -34,6 +35,7 @@ CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
 def chunk_rows(logits: torch.Tensor) -> int:
+    """Rows of `logits` per chunk on their device."""
     elements = CHUNK_ELEMENTS.get(logits.device.type, CHUNK_ELEMENTS["cuda"])
     return max(1, elements // logits.size(1))
 

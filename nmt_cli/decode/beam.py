@@ -235,7 +235,9 @@ def beam_search(
                 attn = None
                 if run.attention is not None:
                     attn = run.attention[row, :, : src_lengths[b]].clone()  # [t+1, S_b]
-                finished[b].append(_Finished(b, run.history[row], row_values[K_ + j], cp, attn))
+                finished[b].append(
+                    _Finished(b, run.history[row].clone(), row_values[K_ + j], cp, attn)
+                )
         done = [t + 1 >= limits_of[b] or len(finished[b]) >= K for b in running]
         if all(done):
             break
