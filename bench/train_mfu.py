@@ -13,8 +13,9 @@ Trains the Transformer (preset `base` by default: 6+6 layers, d_model 512, FFN 2
   needs for the real tokens, forward and backward) per second, over the device's dense bf16
   peak (989 TFLOP/s for an H100 SXM or H200; `--peak-tflops` for other devices). FLOPs per
   target token are those of the whole training split, whose batches the run draws;
-- distinct batch shapes per epoch (`train.static_shapes` bounds them), and the graphs
-  torch.compile built during the run (`--compile`: one per shape);
+- distinct batch shapes per epoch (`train.static_shapes` bounds them), the graphs
+  torch.compile built during the run (`--compile`: one per shape), and the median tok/s of
+  the intervals that compiled nothing new (what a long run sees once every shape is);
 - the loss's peak memory on `--loss-tokens` x the data's vocabulary bf16 logits (as
   autocast makes them), forward and backward, beside PyTorch's `F.cross_entropy` on the
   fp32 copy (what nmt_cli used before): the growth of the peak resident memory of a fresh
@@ -202,7 +203,14 @@ def main() -> None:
     reader = ShardReader(data, "train")
     plan = plan_batches(reader.src_lengths, reader.tgt_lengths, args.batch_tokens, seed=1,
                         max_len=cfg.model.max_len, static_shapes=args.static_shapes)  # fmt: skip
-    on_step = profiled(5, args.profile, on_gpu) if args.profile else None
+    graphs_after: dict[int, int] = {}  # torch.compile's graphs after each update
+
+    def on_step(step: int) -> None:
+        graphs_after[step] = counters["stats"]["unique_graphs"]
+        if profile is not None:
+            profile(step)
+
+    profile = profiled(5, args.profile, on_gpu) if args.profile else None
 
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(args.device)
@@ -213,7 +221,14 @@ def main() -> None:
                        on_step=on_step)  # fmt: skip
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     logged = [json.loads(line) for line in lines]
-    rates = [r["tok_per_s"] for r in logged if "tok_per_s" in r][args.skip :]
+    intervals = [r for r in logged if "tok_per_s" in r][args.skip :]
+    rates = [r["tok_per_s"] for r in intervals]
+
+    # An interval in which no new shape was compiled: what a long run sees once all are.
+    def compiled_in(r: dict) -> bool:
+        return graphs_after.get(r["step"]) != graphs_after.get(r["step"] - args.log_every)
+
+    steady = [r["tok_per_s"] for r in intervals if not compiled_in(r)]
     if not rates:
         parser.error("no logging interval left to measure: raise --steps or lower --skip")
     tokens_per_s = statistics.median(rates)  # an interval that compiled a shape is an outlier
@@ -233,6 +248,8 @@ def main() -> None:
         "updates": result.steps,
         "measured_intervals": len(rates),
         "target_tok_per_s": tokens_per_s,
+        "tok_per_s_intervals": rates,
+        "steady_tok_per_s": statistics.median(steady) if steady else None,
         "gflops_per_target_token": per_token / 1e9,
         "tflops_per_s": achieved,
         "peak_tflops": peak,

@@ -273,7 +273,6 @@ class DecodeConfig:
     top_p: float = bounded(1.0, Range(0, 1, lo_open=True))
     seed: int = bounded(1, SEED)  # of the sampling draws
 
-
     def batch_tokens_on(self, device_type: str) -> int:
         """`batch_tokens`, with 0 (the default) sized for the device."""
         return self.batch_tokens or (16_000 if device_type == "cuda" else 1_500)
