@@ -100,7 +100,7 @@ class Trainer:
         )
         t = cfg.train
         self.plan = plan_batches(self.train_data.src_lengths, self.train_data.tgt_lengths,
-                                 t.batch_tokens, seed=t.seed, max_len=cfg.model.max_len,
+                                 t.batch_tokens, max_len=cfg.model.max_len,
                                  static_shapes=t.static_shapes)  # fmt: skip
         self.updater = Updater(
             self._training_module(),
@@ -124,8 +124,8 @@ class Trainer:
         self.epoch_batches()  # refuses a global batch that no epoch can fill
 
     def epoch_batches(self) -> np.ndarray:
-        """The current epoch's global sequence of batches (numbers in `self.plan`), as many as
-        make whole updates.
+        """The current epoch's global sequence of batches, as many as make whole updates:
+        numbers of `self.batches`, the plan's batches as this epoch deals them.
 
         Every process computes the same sequence (a pure function of seed and epoch) and
         takes its share of each update from it. `__init__` calls this once to refuse, before
@@ -133,7 +133,7 @@ class Trainer:
         forever).
         """
         t = self.cfg.train
-        order = self.plan.epoch_order(t.seed, self.epoch)
+        self.batches, order = self.plan.epoch(t.seed, self.epoch)
         usable = len(order) - len(order) % self.batches_per_update
         if usable == 0:
             raise ConfigError(
@@ -284,11 +284,11 @@ class Trainer:
         """One optimizer update over the global batch (numbers in `self.plan`), of which this
         process takes every world_size-th; returns the update's target tokens (with EOS)."""
         self.model.train()
-        plan, rank, world = self.plan, self.dist.rank, self.dist.world_size
-        tokens = sum(int(self.train_data.tgt_lengths[plan.batches[b]].sum()) +
-                     len(plan.batches[b]) for b in global_batch)  # fmt: skip
+        pairs, rank, world = self.batches, self.dist.rank, self.dist.world_size
+        tokens = sum(int(self.train_data.tgt_lengths[pairs[b]].sum()) + len(pairs[b])
+                     for b in global_batch)  # fmt: skip
         batches = [
-            collate_stored(self.train_data, plan.batches[b], self.device, int(plan.widths[b]))
+            collate_stored(self.train_data, pairs[b], self.device, int(self.plan.widths[b]))
             for b in global_batch[rank::world]
         ]
         self.updater(batches, learning_rate(self.cfg.train, self.step + 1), tokens)
@@ -307,9 +307,9 @@ class Trainer:
         rank, world = self.dist.rank, self.dist.world_size
         reader = self.valid_data
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)
-        plan = plan_batches(reader.src_lengths, reader.tgt_lengths, self.cfg.train.batch_tokens,
-                            seed=0)  # fmt: skip
-        for indices in plan.batches[rank::world]:
+        plan = plan_batches(reader.src_lengths, reader.tgt_lengths, self.cfg.train.batch_tokens)
+        batches, _ = plan.epoch(0, 0)
+        for indices in batches[rank::world]:
             loss = self.valid_loss(*collate_stored(reader, indices, self.device))
             ntokens = float(reader.tgt_lengths[indices].sum() + len(indices))
             totals += torch.stack([loss.double(), torch.tensor(ntokens, device=self.device)])

@@ -325,12 +325,12 @@ def test_batches_leave_out_pairs_over_max_len_and_keep_the_order_otherwise() -> 
     rng = np.random.default_rng(0)
     src, tgt = rng.integers(1, 30, 200), rng.integers(1, 30, 200)
     src[[5, 70]], tgt[120] = 5000, 900
-    batches = plan_batches(src, tgt, 300, seed=3, max_len=100).batches
+    batches, _ = plan_batches(src, tgt, 300, max_len=100).epoch(3, 2)
     kept = np.concatenate(batches)
     assert sorted(kept) == sorted(set(range(200)) - {5, 70, 120})
     short = np.delete(np.arange(200), [5, 70, 120])
-    plain = plan_batches(src[short], tgt[short], 300, seed=3).batches
-    same = plan_batches(src[short], tgt[short], 300, seed=3, max_len=100).batches
+    plain, _ = plan_batches(src[short], tgt[short], 300).epoch(3, 2)
+    same, _ = plan_batches(src[short], tgt[short], 300, max_len=100).epoch(3, 2)
     assert [b.tolist() for b in plain] == [b.tolist() for b in same]
     assert [short[b].tolist() for b in plain] == [b.tolist() for b in batches]
 

@@ -33,8 +33,9 @@ def saved(make_recipe, reverse_data: Path, tmp_path_factory) -> tuple[Trainer, P
     """A trainer after a few updates, and the checkpoint it wrote (with training state)."""
     cfg = config_from_dict(make_recipe(model={"dropout": 0.1, "attention": "concat"}))
     trainer = Trainer(cfg, reverse_data, tmp_path_factory.mktemp("ckpt"), torch.device("cpu"))
+    batches = trainer.epoch_batches()
     for i in range(3):
-        trainer.update([list(range(8 * i, 8 * i + 8))])
+        trainer.update(batches[i : i + 1])
         trainer.step += 1
     path = trainer.run_dir / "last.pt"
     trainer.save(path, {"valid_bleu": 12.5}, with_train_state=True)

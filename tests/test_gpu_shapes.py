@@ -88,27 +88,34 @@ def wmt_like_lengths(pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 @pytest.mark.parametrize("batch_tokens", [6250, 25000])
 def test_static_plan_has_a_few_shapes_and_keeps_every_pair(batch_tokens) -> None:
     src, tgt = wmt_like_lengths(200_000)
-    static = plan_batches(src, tgt, batch_tokens, seed=1, max_len=200, static_shapes=True)
-    exact = plan_batches(src, tgt, batch_tokens, seed=1, max_len=200)
+    static = plan_batches(src, tgt, batch_tokens, max_len=200, static_shapes=True)
+    exact, _ = plan_batches(src, tgt, batch_tokens, max_len=200).epoch(1, 0)
     widths = set(static.widths.tolist())
     assert len(static.shapes()) <= 2 * len(widths) <= 2 * 16
-    exact_shapes = {(len(b), src[b].max() + 1, tgt[b].max() + 1) for b in exact.batches}
+    exact_shapes = {(len(b), src[b].max() + 1, tgt[b].max() + 1) for b in exact}
     assert len(exact_shapes) > 3 * len(static.shapes())  # each padded to its own longest
-    kept = np.concatenate(static.batches)
-    assert sorted(kept.tolist()) == np.flatnonzero((src <= 200) & (tgt <= 200)).tolist()
-    for batch, width in zip(static.batches, static.widths, strict=True):
+    for epoch in (0, 1):  # every epoch deals the pairs anew into batches of the same shapes
+        batches, _ = static.epoch(1, epoch)
+        kept = np.concatenate(batches)
+        assert sorted(kept.tolist()) == np.flatnonzero((src <= 200) & (tgt <= 200)).tolist()
+        shapes = {(len(b), int(w)) for b, w in zip(batches, static.widths, strict=True)}
+        assert shapes == static.shapes()
+    for batch, width in zip(batches, static.widths, strict=True):
         longest = np.maximum(src[batch], tgt[batch]) + 1
         assert longest.max() <= width and (len(batch) == 1 or len(batch) * width <= batch_tokens)
         assert (bucket_width(longest) == width).all()  # one width per batch
 
 
-def test_an_epoch_only_reorders_the_batches() -> None:
+def test_an_epoch_is_a_pure_function_of_seed_and_epoch() -> None:
     src, tgt = wmt_like_lengths(5000)
-    plan = plan_batches(src, tgt, 4000, seed=1, static_shapes=True)
-    first, second = plan.epoch_order(1, 0), plan.epoch_order(1, 1)
-    assert sorted(first) == sorted(second) == list(range(len(plan)))
-    assert first.tolist() != second.tolist()
-    assert first.tolist() == plan.epoch_order(1, 0).tolist()
+    plan = plan_batches(src, tgt, 4000, static_shapes=True)
+    (first, first_order), (second, second_order) = plan.epoch(1, 0), plan.epoch(1, 1)
+    assert sorted(first_order) == sorted(second_order) == list(range(len(plan)))
+    assert first_order.tolist() != second_order.tolist()
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    again, again_order = plan.epoch(1, 0)
+    assert again_order.tolist() == first_order.tolist()
+    assert all(np.array_equal(a, b) for a, b in zip(again, first, strict=True))
 
 
 class CountSyncs(TorchFunctionMode):

@@ -2,9 +2,9 @@
 
 Sentences of similar length go together so little compute is spent on padding, and each
 batch holds about `batch_tokens` padded tokens, so every update sees a similar amount of
-data however long its sentences are (fairseq's `--max-tokens`). The cut is made once per
-run (`plan_batches`: a few array operations, ~1 s for 4.5M pairs); an epoch only shuffles
-the batches' order, as fairseq does.
+data however long its sentences are (fairseq's `--max-tokens`). Where the batches are cut
+is found once per run (`plan_batches`); an epoch deals the pairs of each length into those
+batches anew and shuffles their order (`BatchPlan.epoch`).
 """
 
 from __future__ import annotations
@@ -20,27 +20,37 @@ from nmt_cli.data.tokenizer import BOS, EOS, PAD
 
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
-    """A training split cut into batches once: an epoch only shuffles their order.
+    """Where a training split is cut into batches, found once per run.
 
-    `batches[i]` holds the indices of batch i's pairs; `widths[i]` is the padded length of
-    both its sides when the plan has static shapes (0 otherwise: each side is padded to its
-    own longest sentence).
+    Pairs are sorted by a key (their longer side, or its bucket width with static shapes)
+    and the sorted sequence is cut at `ends`. Any order of the pairs within each key gives
+    the same keys at every position, so the cut stays valid: an epoch deals the pairs of each
+    key in a new random order and shuffles the batches (`epoch`). `widths[i]` is the padded
+    length of both sides of batch i with static shapes (0 otherwise: each side is padded to
+    its own longest sentence).
     """
 
-    batches: list[np.ndarray]
+    kept: np.ndarray  # the pairs batched (those within max_len), in corpus order
+    keys: np.ndarray  # their sort keys
+    ends: np.ndarray  # where each batch ends in the sorted sequence
     widths: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.ends)
 
-    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-        """The batches' order in an epoch: a pure function of (seed, epoch), so a resumed run
-        can skip to the exact batch where it stopped."""
-        return np.random.default_rng([seed, epoch]).permutation(len(self.batches))
+    def epoch(self, seed: int, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """An epoch's batches (index arrays, in cut order) and the order to take them in: a
+        pure function of (seed, epoch), so a resumed run can skip to the exact batch where
+        it stopped."""
+        rng = np.random.default_rng([seed, epoch])
+        order = np.lexsort((rng.random(len(self.kept)), self.keys))
+        batches = np.split(self.kept[order], self.ends[:-1])
+        return batches, rng.permutation(len(batches))
 
     def shapes(self) -> set[tuple[int, int]]:
         """The distinct (sentences, padded length) of the batches, with static shapes."""
-        return {(len(b), int(w)) for b, w in zip(self.batches, self.widths, strict=True)}
+        sizes = np.diff(self.ends, prepend=0)
+        return {(int(n), int(w)) for n, w in zip(sizes, self.widths, strict=True)}
 
 
 def bucket_width(lengths: np.ndarray) -> np.ndarray:
@@ -57,38 +67,33 @@ def plan_batches(
     tgt_lengths: np.ndarray,
     batch_tokens: int,
     *,
-    seed: int,
     max_len: int | None = None,
     static_shapes: bool = False,
 ) -> BatchPlan:
     """Cut pairs into batches of about `batch_tokens` padded tokens; lengths exclude the
     BOS/EOS added later.
 
-    Pairs are sorted by their longer side (ties in a random order fixed by `seed`) and cut
-    greedily: a batch takes pairs while count x longest side + 1 stays within `batch_tokens`
-    (fairseq's --max-tokens; a pair longer than that forms a batch alone). With
-    `static_shapes` the lengths are first rounded up to `bucket_width`s and no batch spans
-    two widths, so the batches come in at most two shapes per width (full ones, and one
-    remainder): a compiled step is compiled once per shape, and CUDA graphs can replay it.
-    Pairs with a side longer than `max_len` are left out (see `too_long`): one 60,000-character
-    "word" of tens of thousands of subwords asks the Transformer for tens of gigabytes at the
-    same step of every epoch.
+    Pairs are sorted by their longer side and cut greedily: a batch takes pairs while count
+    x longest side + 1 stays within `batch_tokens` (fairseq's --max-tokens; a pair longer
+    than that forms a batch alone). With `static_shapes` the lengths are first rounded up to
+    `bucket_width`s and no batch spans two widths, so the batches come in at most two shapes
+    per width (full ones, and one remainder): a compiled step is compiled once per shape, and
+    CUDA graphs can replay it. Pairs with a side longer than `max_len` are left out (see
+    `too_long`): one 60,000-character "word" of tens of thousands of subwords asks the
+    Transformer for tens of gigabytes at the same step of every epoch.
     """
     kept = np.arange(len(src_lengths))
     if max_len is not None:
         kept = np.flatnonzero(~too_long(src_lengths, tgt_lengths, max_len))
-    longest = np.maximum(src_lengths[kept], tgt_lengths[kept]) + 1  # + EOS / BOS
+    keys = np.maximum(src_lengths[kept], tgt_lengths[kept]) + 1  # + EOS / BOS
     if static_shapes:
-        longest = bucket_width(longest)
-    ties = np.random.default_rng(seed).random(len(longest))
-    order = np.lexsort((ties, longest))
-    sorted_widths = longest[order]
+        keys = bucket_width(keys)
+    sorted_keys = np.sort(keys)
     # With static shapes a batch ends where the width changes.
-    group_ends = np.flatnonzero(np.diff(sorted_widths)) + 1 if static_shapes else np.empty(0)
-    ends = _greedy_ends(sorted_widths, batch_tokens, np.append(group_ends, len(order)))
-    batches = np.split(kept[order], ends[:-1])
-    widths = sorted_widths[ends - 1] if static_shapes else np.zeros(len(ends), dtype=np.int64)
-    return BatchPlan(batches, widths)
+    group_ends = np.flatnonzero(np.diff(sorted_keys)) + 1 if static_shapes else np.empty(0)
+    ends = _greedy_ends(sorted_keys, batch_tokens, np.append(group_ends, len(kept)))
+    widths = sorted_keys[ends - 1] if static_shapes else np.zeros(len(ends), dtype=np.int64)
+    return BatchPlan(kept, keys, ends, widths)
 
 
 def _greedy_ends(widths: np.ndarray, batch_tokens: int, group_ends: np.ndarray) -> np.ndarray:
