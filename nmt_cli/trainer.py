@@ -86,6 +86,10 @@ class Trainer:
         has_valid = self.manifest["splits"].get("valid", {}).get("pairs", 0) > 0
         self.validates = has_valid and cfg.train.valid_every > 0
         self.valid_data = ShardReader(data_dir, "valid") if self.validates else None
+        self.valid_batches: list[np.ndarray] = []  # cut once: every validation scores the same
+        if self.valid_data is not None:
+            lengths = (self.valid_data.src_lengths, self.valid_data.tgt_lengths)
+            self.valid_batches, _ = plan_batches(*lengths, cfg.train.batch_tokens).epoch(0, 0)
         self.langs = (self.manifest["src_lang"], self.manifest["tgt_lang"])
         if self.valid_data is not None:  # on every process: all must stop, not only rank 0
             valid_text = data_dir / f"valid.{self.langs[0]}"
@@ -307,9 +311,7 @@ class Trainer:
         rank, world = self.dist.rank, self.dist.world_size
         reader = self.valid_data
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)
-        plan = plan_batches(reader.src_lengths, reader.tgt_lengths, self.cfg.train.batch_tokens)
-        batches, _ = plan.epoch(0, 0)
-        for indices in batches[rank::world]:
+        for indices in self.valid_batches[rank::world]:
             loss = self.valid_loss(*collate_stored(reader, indices, self.device))
             ntokens = float(reader.tgt_lengths[indices].sum() + len(indices))
             totals += torch.stack([loss.double(), torch.tensor(ntokens, device=self.device)])
