@@ -25,13 +25,20 @@ def stop_exit_code(signal_name: str | None) -> int:
 
 class StopSignals:
     """While active, the first stop signal sets `raised` (and `name`); a second raises
-    KeyboardInterrupt. The handlers before are restored on exit."""
+    KeyboardInterrupt. On exit the handlers before are restored, or, with `then_ignore`,
+    stop signals are ignored from then on.
+
+    A process under torchrun needs `then_ignore`: when one process dies the launcher signals
+    the others at once, and the default handler would end a survivor before it has printed
+    why it stops (it exits right after anyway, and the launcher kills it after 30 s).
+    """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 
-    def __init__(self) -> None:
+    def __init__(self, *, then_ignore: bool = False) -> None:
         self.raised = False
         self.name: str | None = None
+        self.then_ignore = then_ignore
 
     def __enter__(self) -> StopSignals:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
@@ -44,4 +51,4 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.then_ignore else handler)

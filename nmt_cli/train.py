@@ -124,7 +124,7 @@ def train(
             held.enter_context(log)
             for line in [*banner(trainer, note), *trainer.notes]:
                 log.say(line)
-            with StopSignals() as interrupt:
+            with StopSignals(then_ignore=dist.enabled) as interrupt:
                 stopped_by = trainer.run(interrupt, lambda entry: log.record(
                     trainer.step, {**entry, "epoch": trainer.epoch + 1}), on_step)  # fmt: skip
                 if dist.is_main and (stopped_by == "interrupted" or not trainer.validates):
