@@ -8,19 +8,22 @@ check real convergence, and that everything downstream of training works, within
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sentencepiece as spm
+import typer.main
+import typer.testing
 import yaml
 
 # `datasets` and `huggingface_hub` read these once at import, which can happen during test
@@ -45,6 +48,15 @@ def _torch_threads() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_click_command_per_app() -> Iterator[None]:
+    """typer's CliRunner builds the click command from the annotations at every call (60 ms,
+    half of a fuzzed `nmt translate`); `nmt` builds it once per process, and so do the tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(typer.testing, "_get_command", functools.cache(typer.main.get_command))
+        yield
 
 
 # --- the reverse task ---------------------------------------------------------------------

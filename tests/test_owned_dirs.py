@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from test_bad_input import assert_one_line_error
+from typer.testing import CliRunner
 
 from nmt_cli.checkpoint import save_checkpoint, tokenizer_entry
+from nmt_cli.cli import app
 from nmt_cli.config import config_from_dict, config_to_dict
 from nmt_cli.data.shards import ShardReader
 from nmt_cli.data.tokenizer import load_tokenizers
@@ -234,16 +236,20 @@ def test_a_swap_killed_after_its_second_rename_is_finished(
 @pytest.mark.parametrize("out", [".", "..", "/"])
 @pytest.mark.parametrize("with_files", [False, True])
 def test_out_naming_the_working_directory_or_a_parent_is_refused(
-    out: str, with_files: bool, data_recipe: Path, transformer_ckpt: Path, tmp_path: Path, run_nmt
+    out: str, with_files: bool, data_recipe: Path, transformer_ckpt: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """In this interpreter (the refusal comes before any work): a fresh one per case would
+    spend its time importing torch."""
     cwd = tmp_path / "here"
     cwd.mkdir()
     if with_files:
         (cwd / "notes.txt").write_text("mine\n")
+    monkeypatch.chdir(cwd)
     before = snapshot(tmp_path)
     for command in (["preprocess", str(data_recipe)], ["export", str(transformer_ckpt)]):
-        done = run_nmt([*command, "--out", out], cwd=cwd)
-        assert_one_line_error(done.returncode, done.stderr, "current directory or one of its")
+        done = CliRunner().invoke(app, [*command, "--out", out])
+        assert_one_line_error(done.exit_code, done.stderr, "current directory or one of its")
         assert snapshot(tmp_path) == before
 
 
