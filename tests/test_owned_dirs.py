@@ -238,7 +238,7 @@ def test_a_swap_killed_after_its_second_rename_is_finished(
 def test_out_naming_the_working_directory_or_a_parent_is_refused(
     out: str, with_files: bool, data_recipe: Path, transformer_ckpt: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
+) -> None:  # fmt: skip
     """In this interpreter (the refusal comes before any work): a fresh one per case would
     spend its time importing torch."""
     cwd = tmp_path / "here"
