@@ -33,7 +33,7 @@ from nmt_cli.data.batching import collate_padded, plan_batches, too_long
 from nmt_cli.data.shards import ShardReader, read_manifest
 from nmt_cli.data.tokenizer import load_tokenizers
 from nmt_cli.distributed import SINGLE_PROCESS, Distributed
-from nmt_cli.errors import CheckpointError, ConfigError
+from nmt_cli.errors import CheckpointError, ConfigError, TrainingError
 from nmt_cli.loss import TokenLoss
 from nmt_cli.models import build_model
 from nmt_cli.outputs import link_output
@@ -317,6 +317,11 @@ class Trainer:
             totals += torch.stack([loss.double(), torch.tensor(ntokens, device=self.device)])
         self.dist.all_reduce_sum(totals)
         total, count = totals.tolist()
+        if not math.isfinite(total):  # e.g. one huge update: its weights give NaN everywhere
+            raise TrainingError(
+                f"validation loss at step {self.step} is not finite: training diverged; resume "
+                "from an earlier step-N.pt with a lower train.lr or more train.warmup_steps"
+            )
         src_lang, tgt_lang = self.langs
         sources = (self.data_dir / f"valid.{src_lang}").read_text(encoding="utf-8").splitlines()
         translator = Translator.from_config(

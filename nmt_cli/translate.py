@@ -178,6 +178,11 @@ class Translator:
             batch_prefixes = [forced[i] for i in batch] if forced else None
             hyps = self._search([ids[i] for i in batch], batch_prefixes, keep_attention)
             for i, sentence_hyps in zip(batch, hyps, strict=True):
+                if not sentence_hyps:  # every score was NaN: no hypothesis could end
+                    raise CheckpointError(
+                        f"the model scores input line {first_line + i} as NaN: its weights "
+                        "are broken (did its training diverge?); translate with another checkpoint"
+                    )
                 results[i] = self._to_translation(lines[i], ids[i], sentence_hyps)
             if on_progress is not None:
                 on_progress(len(batch))

@@ -25,7 +25,7 @@ from nmt_cli.config import TransformerModelConfig, config_from_dict
 from nmt_cli.data.batching import collate
 from nmt_cli.data.shards import ShardReader, ShardWriter
 from nmt_cli.distributed import Distributed
-from nmt_cli.errors import DataError, OutputError
+from nmt_cli.errors import DataError, OutputError, TrainingError
 from nmt_cli.loss import TokenLoss
 from nmt_cli.models import build_model
 from nmt_cli.preprocess import preprocess
@@ -118,6 +118,13 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     last = load_checkpoint(run / "last.pt")
     assert last["step"] == 5
     assert all(torch.isfinite(t).all() for t in last["model_state"].values())
+
+    # One such update, then a validation: the weights are finite, what they compute is not.
+    with pytest.raises(TrainingError, match="validation loss at step 6 is not finite"):
+        train(config_from_dict({**raw, "train": {**raw["train"], "lr": 1e30, "valid_every": 1}}),
+              reverse_data, run, resume=run / "last.pt", device="cpu",
+              show_progress=False)  # fmt: skip
+    assert load_checkpoint(run / "last.pt")["step"] == 5
 
 
 def _wait_for_new_lines(path: Path, start_lines: int, new: int, timeout: float = 120) -> None:
