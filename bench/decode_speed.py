@@ -6,7 +6,7 @@ sentences per second (model loading excluded: that is start-up, not decoding), p
 the process (`/usr/bin/time -v`), and sacreBLEU. The engines, in one run:
 
   nmt_cli fp32            our PyTorch decoder on the checkpoint (on CPU its linear layers
-                          prepacked for oneDNN, `nmt_cli/prepack.py`)
+                          prepacked for oneDNN, `nmt_cli/inference/cpu_linear.py`)
   nmt_cli int8            the same with dynamic int8 linear layers (`--quantize int8`)
   nmt_cli fp32 uncached   the same without the decoder cache (each step recomputes the
                           prefix): its BLEU must equal the cached decoder's
@@ -66,9 +66,9 @@ def worker(args: argparse.Namespace) -> None:
     lines = Path(args.src).read_text(encoding="utf-8").splitlines()
     started = time.perf_counter()
     if args.engine == "torch":
-        from nmt_cli.translate import Translator
+        from nmt_cli.inference.engines import load_translator
 
-        translator = Translator.from_checkpoint(
+        translator = load_translator(
             args.model, torch.device(args.device),
             {"beam": BEAM, "batch_tokens": args.batch_tokens},
             quantize=args.quantize,
@@ -77,14 +77,15 @@ def worker(args: argparse.Namespace) -> None:
         if args.uncached:
             from nmt_cli.models.uncached import Uncached
 
-            translator.model = Uncached(translator.model)
+            translator.engine.model = Uncached(translator.engine.model)
     else:
-        from nmt_cli.ct2_translate import CTranslate2Translator
+        from nmt_cli.inference.ctranslate2 import CTranslate2Engine
+        from nmt_cli.inference.translator import Translator
 
-        translator = CTranslate2Translator(
+        translator = Translator(CTranslate2Engine(
             args.model, {"beam": BEAM, "batch_tokens": args.batch_tokens}, device=args.device,
             compute_type=args.compute_type, inter_threads=args.threads, intra_threads=1,
-        )  # fmt: skip
+        ))  # fmt: skip
     loaded = time.perf_counter()
     translations = translator.translate(lines)
     finished = time.perf_counter()

@@ -35,8 +35,9 @@ from rich.table import Table
 
 from nmt_cli.data.algorithmic import TASKS, bit_errors, generate
 from nmt_cli.errors import NMTError
+from nmt_cli.inference.engines import load_translator
+from nmt_cli.inference.translator import Translator
 from nmt_cli.runtime import resolve_device, set_threads
-from nmt_cli.translate import Translator
 
 console = Console(stderr=True)
 Pair = tuple[str, str]
@@ -61,12 +62,12 @@ def test_pairs(task: str, setting: dict, sequences: int, seed: int) -> list[Pair
 
 def check_inputs(translator: Translator, pairs: list[Pair], ckpt: Path, setting: dict) -> None:
     """Fail with one clear line where the model cannot read a source at all."""
-    tokenizer = translator.src_tokenizer
+    tokenizer = translator.engine.src_tokenizer
     longest = max(len(ids) for ids in tokenizer.encode_batch([s for s, _ in pairs]))
-    if longest > translator.max_input_tokens:
+    if longest > translator.engine.max_input_tokens:
         sys.exit(
             f"{ckpt}: {describe(setting)} makes {longest}-token sources, more than the "
-            f"model's max_len of {translator.max_input_tokens}; drop that setting or train "
+            f"model's max_len of {translator.engine.max_input_tokens}; drop that setting or train "
             "with a larger model.max_len"
         )
     words = sorted({w for s, _ in pairs for w in s.split()})
@@ -83,8 +84,8 @@ def check_inputs(translator: Translator, pairs: list[Pair], ckpt: Path, setting:
 def score(translator: Translator, pairs: list[Pair]) -> dict:
     """Greedy-decode the sources; mean bit errors per sequence and exact-match fraction."""
     longest = max(len(t.split()) for _, t in pairs)
-    translator.decode = dataclasses.replace(
-        translator.decode, max_len_a=0.0, max_len_b=2 * longest + 10
+    translator.engine.decode = dataclasses.replace(
+        translator.engine.decode, max_len_a=0.0, max_len_b=2 * longest + 10
     )
     started = time.perf_counter()
     outputs = translator.translate([s for s, _ in pairs])
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     data = [test_pairs(args.task, s, args.sequences, args.seed) for s in grid]
     rows = []
     for ckpt in args.checkpoints:
-        translator = Translator.from_checkpoint(ckpt, device, overrides)
+        translator = load_translator(ckpt, device, overrides)
         console.print(f"{ckpt}: {args.task}, {len(grid)} settings x {args.sequences} sequences")
         for setting, pairs in zip(grid, data, strict=True):
             check_inputs(translator, pairs, ckpt, setting)

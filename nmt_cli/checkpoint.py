@@ -29,6 +29,7 @@ import nmt_cli
 from nmt_cli.checkpoint_checks import check_archive, check_payload
 from nmt_cli.errors import CheckpointError, first_line
 from nmt_cli.outputs import open_output
+from nmt_cli.special_ids import BOS, EOS, PAD, UNK
 
 FORMAT = "nmt_cli.checkpoint"
 FORMAT_VERSION = 1
@@ -46,7 +47,7 @@ def tokenizer_entry(src_model: bytes, tgt_model: bytes, joint: bool) -> dict[str
         "tgt_model": tgt_model,
         "src_sha256": hashlib.sha256(src_model).hexdigest(),
         "tgt_sha256": hashlib.sha256(tgt_model).hexdigest(),
-        "special_ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 3},
+        "special_ids": {"pad": PAD, "unk": UNK, "bos": BOS, "eos": EOS},
     }
 
 

@@ -41,6 +41,22 @@ SetOption = Annotated[
     Optional[list[str]],  # noqa: UP045 - typer needs Optional here
     typer.Option("--set", help="Override a recipe value: section.key=value (repeatable)."),
 ]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+# How `nmt translate` and `nmt eval` decode (`nmt_cli.inference.engines.load_translator`).
+EngineOption = Annotated[
+    str, typer.Option(help="torch, or ctranslate2 for a directory from nmt export.")
+]
+QuantizeOption = Annotated[
+    str | None,
+    typer.Option(help="int8: dynamic int8 linear layers (CPU); with ctranslate2 its compute type."),
+]
+DtypeOption = Annotated[
+    str, typer.Option(help="auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16.")
+]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(help="CPU threads (default: all cores); with ctranslate2 parallel batches."),
+]
 
 
 @contextlib.contextmanager
@@ -118,7 +134,7 @@ def train(
         ),
     ] = False,
     set_: SetOption = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    device: DeviceOption = "auto",
     nproc: Annotated[
         int, typer.Option(help="Training processes on this machine (one per GPU), via torchrun.")
     ] = 1,
@@ -206,7 +222,7 @@ def export(
     ] = "none",
 ) -> None:
     """Write a Transformer checkpoint as a CTranslate2 model directory, for fast inference."""
-    from nmt_cli.export import export_ctranslate2, render_export
+    from nmt_cli.inference.export import export_ctranslate2, render_export
 
     with user_errors():
         if format_ != "ctranslate2":
@@ -272,17 +288,11 @@ def translate(
     replace_unk: Annotated[
         bool, typer.Option("--replace-unk", help="Copy the attended source word for <unk>.")
     ] = False,
-    quantize: Annotated[
-        str | None, typer.Option(help="int8: dynamic int8 linear layers (CPU).")
-    ] = None,
-    dtype: Annotated[
-        str, typer.Option(help="auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16.")
-    ] = "auto",
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
-    engine: Annotated[
-        str, typer.Option(help="torch, or ctranslate2 for a directory from nmt export.")
-    ] = "torch",
+    quantize: QuantizeOption = None,
+    dtype: DtypeOption = "auto",
+    threads: ThreadsOption = None,
+    device: DeviceOption = "auto",
+    engine: EngineOption = "torch",
 ) -> None:
     """Translate lines from stdin (or --input) to stdout (or --output), one line per line."""
     from nmt_cli.outputs import check_directory, check_output, open_output
@@ -301,8 +311,13 @@ def translate(
                                   (memory_plot, "--memory-plot")):  # fmt: skip
             if directory is not None:
                 check_directory(directory, option)
-        translator = _make_translator(
-            engine, checkpoints, overrides, device=device, dtype=dtype, quantize=quantize,
+        from nmt_cli.inference.engines import load_translator
+        from nmt_cli.runtime import keep_freed_memory
+
+        if engine == "torch":
+            keep_freed_memory()
+        translator = load_translator(
+            checkpoints, device, overrides, engine=engine, precision=dtype, quantize=quantize,
             threads=threads, replace_unk=replace_unk,
         )  # fmt: skip
         if memory_plot is not None and engine != "torch":
@@ -334,40 +349,9 @@ def translate(
             raise DataError(f"{prefix} has more lines than the input; give one prefix per line")
 
 
-def _make_translator(
-    engine: str, models: list[Path], overrides: dict, *, device: str, dtype: str,
-    quantize: str | None, threads: int | None, replace_unk: bool,
-):  # fmt: skip
-    """Our PyTorch decoder, or CTranslate2 on a directory that `nmt export` wrote."""
-    if engine == "torch":
-        from nmt_cli.runtime import keep_freed_memory, resolve_device, set_threads
-        from nmt_cli.translate import Translator
-
-        if threads is not None:
-            set_threads(threads)
-        keep_freed_memory()
-        return Translator.from_checkpoint(
-            models, resolve_device(device), overrides, precision=dtype, quantize=quantize,
-            replace_unk=replace_unk,
-        )  # fmt: skip
-    if engine != "ctranslate2":
-        raise ConfigError(f"--engine {engine}: choose torch or ctranslate2")
-    if len(models) != 1 or replace_unk or dtype not in ("auto", "fp32"):
-        raise ConfigError(
-            "--engine ctranslate2 takes one exported directory and no --replace-unk or --dtype; "
-            "drop those options, or use --engine torch on the checkpoint"
-        )
-    from nmt_cli.ct2_translate import CTranslate2Translator
-
-    return CTranslate2Translator(
-        models[0], overrides, device=device, compute_type=quantize or "default",
-        inter_threads=threads,
-    )  # fmt: skip
-
-
 def _format_translation(index: int, result, n_best: bool, alignment: bool) -> str:
     """One line (or n-best TSV lines) for `result`, with its word alignment if asked."""
-    from nmt_cli.alignment import hard_alignment
+    from nmt_cli.inference.alignment import hard_alignment
 
     links = ""
     if alignment:
@@ -396,7 +380,7 @@ def _plot_memory(translator, result, path: Path) -> None:
 
     if not result.src_pieces:
         return  # an empty line was never run through the model
-    trace = translator.memory_trace(result)
+    trace = translator.engine.memory_trace(result)
     steps = [*result.src_pieces, "<s>", *result.out_pieces[:-1]]
     save_memory_plot(
         trace.write_weights.sum(1).cpu().numpy(), trace.read_weights.sum(1).cpu().numpy(),
@@ -425,29 +409,38 @@ def _open_input(path: Path, stack: contextlib.ExitStack) -> int:
 @app.command(name="eval")
 def eval_(
     checkpoint: Annotated[
-        Optional[Path], typer.Argument(help="Checkpoint to translate --src with.")  # noqa: UP045
+        Path | None,
+        typer.Argument(
+            help="Checkpoint to translate --src with, or with --engine ctranslate2 a directory "
+            "from nmt export."
+        ),
     ] = None,
-    src: Annotated[Optional[Path], typer.Option(help="Source file to translate.")] = None,  # noqa: UP045
-    hyp: Annotated[Optional[Path], typer.Option(help="Existing translations to score.")] = None,  # noqa: UP045
+    src: Annotated[Path | None, typer.Option(help="Source file to translate.")] = None,
+    hyp: Annotated[Path | None, typer.Option(help="Existing translations to score.")] = None,
     ref: Annotated[Path, typer.Option(help="Reference translations.")] = ...,
-    beam: Annotated[Optional[int], typer.Option(help="Beam size (1 = greedy).")] = None,  # noqa: UP045
-    alpha: Annotated[Optional[float], typer.Option(help="GNMT length penalty.")] = None,  # noqa: UP045
-    batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens")] = None,  # noqa: UP045
+    beam: Annotated[int | None, typer.Option(help="Beam size (1 = greedy).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="GNMT length penalty.")] = None,
+    batch_tokens: Annotated[int | None, typer.Option("--batch-tokens")] = None,
     save_hyp: Annotated[
-        Optional[Path], typer.Option("--save-hyp", help="Also write the translations here.")  # noqa: UP045
+        Path | None, typer.Option("--save-hyp", help="Also write the translations here.")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    quantize: QuantizeOption = None,
+    dtype: DtypeOption = "auto",
+    threads: ThreadsOption = None,
+    device: DeviceOption = "auto",
+    engine: EngineOption = "torch",
     json_: Annotated[bool, typer.Option("--json", help="Print scores as JSON on stdout.")] = False,
 ) -> None:
     """Score with sacreBLEU (BLEU, chrF, TER): CKPT --src F --ref F, or --hyp F --ref F."""
     from nmt_cli.evaluate import evaluate, render_eval_table
-    from nmt_cli.runtime import keep_freed_memory
 
-    if checkpoint is not None:
-        keep_freed_memory()  # for the decoding; scoring --hyp decodes nothing
     with user_errors():
         if (checkpoint is None) == (hyp is None) or (checkpoint is not None) != (src is not None):
             raise ConfigError("give either CHECKPOINT --src F --ref F, or --hyp F --ref F")
+        if checkpoint is not None and engine == "torch":
+            from nmt_cli.runtime import keep_freed_memory
+
+            keep_freed_memory()  # for the decoding; scoring --hyp decodes nothing
         overrides = _decode_overrides(beam=beam, alpha=alpha, batch_tokens=batch_tokens)
         result = evaluate(
             ref=ref,
@@ -457,6 +450,10 @@ def eval_(
             device=device,
             decode_overrides=overrides,
             save_hyp=save_hyp,
+            engine=engine,
+            precision=dtype,
+            quantize=quantize,
+            threads=threads,
         )
     render_eval_table(result, console)
     if json_:

@@ -185,7 +185,7 @@ MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     "transformer": {
-        # A size that trains in minutes on a CPU (the PEERS.md protocol's model).
+        # A size that trains in minutes on a CPU (`bench/train_speed.py`'s model).
         "small": {"d_model": 256, "heads": 4, "ff_dim": 1024, "enc_layers": 3, "dec_layers": 3},
         # Vaswani et al. 2017, table 3.
         "base": {
@@ -210,6 +210,7 @@ MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
+ModelConfig = RNNModelConfig | TransformerModelConfig | NTMModelConfig
 MODEL_CONFIGS: dict[str, type] = {
     "rnn": RNNModelConfig,
     "transformer": TransformerModelConfig,
@@ -282,7 +283,7 @@ class DecodeConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: Any = field(default_factory=RNNModelConfig)
+    model: ModelConfig = field(default_factory=RNNModelConfig)  # chosen by model.type
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 

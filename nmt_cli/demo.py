@@ -17,12 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from nmt_cli.config import config_from_dict
-from nmt_cli.data.synthetic import split_dates, write_pairs
+from nmt_cli.data.dates import split_dates, write_pairs
+from nmt_cli.inference.engines import load_translator
 from nmt_cli.plots import save_attention_grid
 from nmt_cli.preprocess import preprocess
-from nmt_cli.runtime import resolve_device
 from nmt_cli.train import train
-from nmt_cli.translate import Translator
 
 SPLIT_SIZES = {"n_train": 20_000, "n_valid": 300, "n_test": 1_000}
 HEATMAP_EXAMPLES = 4
@@ -108,7 +107,7 @@ def run_demo(out_dir: Path, seed: int = 1, show_progress: bool = True) -> DemoRe
     )
     checkpoint = out_dir / "run" / "best.pt"
 
-    translator = Translator.from_checkpoint(checkpoint, resolve_device("cpu"))
+    translator = load_translator(checkpoint, "cpu")
     sources = [src for src, _ in splits["test"]]
     references = [tgt for _, tgt in splits["test"]]
     outputs = translator.translate(sources, keep_attention=True)

@@ -132,27 +132,34 @@ def evaluate(
     device: str = "auto",
     decode_overrides: dict | None = None,
     save_hyp: Path | None = None,
+    engine: str = "torch",
+    precision: str = "auto",
+    quantize: str | None = None,
+    threads: int | None = None,
 ) -> EvalResult:
     """Score `hyp` against `ref`, or first translate `src` with `checkpoint` and score that.
 
     Translation uses the checkpoint's decoding settings (as validation during training did),
     with `decode_overrides` on top, so `nmt eval` reproduces the BLEU that chose best.pt.
+    `engine`, `precision`, `quantize` and `threads` choose how it runs, as for `nmt translate`
+    (`nmt_cli.inference.engines.load_translator`).
     """
     from nmt_cli.console import progress
     from nmt_cli.outputs import check_output, open_output
-    from nmt_cli.runtime import resolve_device
-    from nmt_cli.translate import Translator
 
     check_output(save_hyp, inputs=(checkpoint, src, ref, hyp), option="--save-hyp")
     references = read_lines(ref)
     if checkpoint is None:
         hypotheses = read_lines(hyp)
     else:
+        from nmt_cli.inference.engines import load_translator
+
         sources = read_lines(src)
         check_aligned(sources, references, "sources")  # before a translation that would be lost
-        translator = Translator.from_checkpoint(
-            checkpoint, resolve_device(device), decode_overrides
-        )
+        translator = load_translator(
+            checkpoint, device, decode_overrides, engine=engine, precision=precision,
+            quantize=quantize, threads=threads,
+        )  # fmt: skip
         with progress() as bar:
             task = bar.add_task("translating", total=len(sources))
             translations = translator.translate(sources, on_progress=lambda n: bar.advance(task, n))

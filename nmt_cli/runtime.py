@@ -45,10 +45,8 @@ def keep_freed_memory() -> bool:
     Decoding steps allocate and free tensors of megabytes (the [rows, V] scores, a cache one
     position longer than the step before's). glibc serves most such blocks with fresh pages
     from the system and gives them back when freed, so every step pays a page fault and the
-    kernel's zeroing for each 4 KiB again: beam 5 over 1,000 Multi30k sentences in batches
-    of 4,000 source tokens faulted 544,000 times, 46,000 with this, and int8 decoding ran
-    25-30% faster (2 cores); with 1,500-token batches, 86,000 against 21,000 times. Peak
-    RSS: 1,039 against 951 MiB with the 4,000-token batches, 641 against 660 with 1,500.
+    kernel's zeroing for each 4 KiB again; kept, they are reused (page faults and speed in
+    docs/performance.md; `tests/test_runtime.py` counts the faults).
     Returns whether it applied (glibc only; elsewhere the allocator keeps its defaults).
     """
     name = ctypes.util.find_library("c")

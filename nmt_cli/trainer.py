@@ -30,17 +30,17 @@ from nmt_cli.checkpoint import save_checkpoint, tokenizer_entry
 from nmt_cli.checkpoint_checks import check_train_state, check_weights_fit
 from nmt_cli.config import Config, config_from_dict, config_to_dict
 from nmt_cli.data.batching import collate_padded, plan_batches, too_long
-from nmt_cli.data.shards import ShardReader, read_manifest
-from nmt_cli.data.tokenizer import load_tokenizers
+from nmt_cli.data.shards import ShardReader, load_tokenizers, read_manifest
 from nmt_cli.distributed import SINGLE_PROCESS, Distributed
 from nmt_cli.errors import CheckpointError, ConfigError, TrainingError
+from nmt_cli.inference.torch_engine import TorchEngine
+from nmt_cli.inference.translator import Translator
 from nmt_cli.loss import TokenLoss
 from nmt_cli.models import build_model
 from nmt_cli.outputs import link_output
 from nmt_cli.run_dir import data_identity, step_checkpoints
 from nmt_cli.runtime import precision_warning, resolve_precision
 from nmt_cli.stop_signals import StopSignals
-from nmt_cli.translate import Translator
 from nmt_cli.update import Updater
 
 
@@ -324,8 +324,8 @@ class Trainer:
             )
         src_lang, tgt_lang = self.langs
         sources = (self.data_dir / f"valid.{src_lang}").read_text(encoding="utf-8").splitlines()
-        translator = Translator.from_config(
-            self.cfg, self.model, self.src_tok, self.tgt_tok, self.device
+        translator = Translator(
+            TorchEngine.in_training(self.cfg, self.model, self.src_tok, self.tgt_tok, self.device)
         )
         mine = [t.text for t in translator.translate(sources[rank::world])]
         shares = self.dist.all_gather_object(mine)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from nmt_cli.checkpoint import FORMAT_VERSION
 from nmt_cli.cli import app
-from nmt_cli.translate import Translator
+from nmt_cli.inference.translator import Translator
 
 
 def nmt(*args: str | Path):

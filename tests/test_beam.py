@@ -14,8 +14,9 @@ import pytest
 import torch
 from torch import nn
 
+from nmt_cli.config import DecodeConfig
 from nmt_cli.decode.beam import BLOCK, beam_search, best_continuations, length_penalty
-from nmt_cli.models.state import DecoderState
+from nmt_cli.models.interface import DecoderState
 
 PAD, UNK, BOS, EOS, A, B, C = range(7)
 V = 7
@@ -103,18 +104,8 @@ def batch(*rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def beam(src, mask, *, k: int, alpha: float = 0.0, a: float = 0.0, b: int = 10, n_best: int = 1):
-    return beam_search(
-        ScriptedModel(),
-        src,
-        mask,
-        beam=k,
-        bos=BOS,
-        eos=EOS,
-        alpha=alpha,
-        max_len_a=a,
-        max_len_b=b,
-        n_best=n_best,
-    )
+    settings = DecodeConfig(beam=k, alpha=alpha, max_len_a=a, max_len_b=b, n_best=n_best)
+    return beam_search(ScriptedModel(), src, mask, settings, bos=BOS, eos=EOS)
 
 
 def greedy(src, mask, *, a: float = 0.0, b: int = 10):

@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 from nmt_cli.checkpoint import load_checkpoint, save_checkpoint
 from nmt_cli.cli import app
 from nmt_cli.config import MODEL_CONFIGS, Config, config_from_dict
-from nmt_cli.ct2_translate import decode_settings
 from nmt_cli.data.batching import plan_batches
 from nmt_cli.errors import ConfigError
+from nmt_cli.inference.ctranslate2 import decode_settings
 from nmt_cli.preprocess import preprocess
 from nmt_cli.runtime import has_fast_bf16
 

@@ -16,9 +16,11 @@ from nmt_cli.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_che
 from nmt_cli.config import config_from_dict, config_to_dict
 from nmt_cli.data.batching import collate
 from nmt_cli.errors import CheckpointError, OutputError
+from nmt_cli.inference.engines import load_translator
+from nmt_cli.inference.torch_engine import TorchEngine
+from nmt_cli.inference.translator import Translator
 from nmt_cli.models import build_model
 from nmt_cli.trainer import Trainer
-from nmt_cli.translate import Translator
 
 
 class Foreign:
@@ -89,10 +91,10 @@ def test_round_trip_gives_identical_outputs(saved) -> None:
 
     # The .pt alone is enough to translate, and gives what the in-memory model gives.
     sources = ["1 2 3", "9 8 7 6 5", ""]
-    from_file = Translator.from_checkpoint(path, torch.device("cpu"))
-    in_memory = Translator.from_config(
+    from_file = load_translator(path, torch.device("cpu"))
+    in_memory = Translator(TorchEngine.in_training(
         trainer.cfg, trainer.model, trainer.src_tok, trainer.tgt_tok, torch.device("cpu")
-    )
+    ))  # fmt: skip
     got = [(t.text, t.nbest) for t in from_file.translate(sources)]
     assert got == [(t.text, t.nbest) for t in in_memory.translate(sources)]
 

@@ -20,8 +20,8 @@ from nmt_cli.checkpoint import load_checkpoint
 from nmt_cli.config import config_from_dict
 from nmt_cli.errors import CheckpointError
 from nmt_cli.evaluate import evaluate
+from nmt_cli.inference.engines import load_translator
 from nmt_cli.train import train
-from nmt_cli.translate import Translator
 
 Edit = Callable[[dict[str, Any]], None]
 
@@ -133,7 +133,7 @@ MISFIT: list[tuple[str, Edit]] = [
 
 
 def run_translate(path: Path, trained, tmp_path: Path) -> None:
-    Translator.from_checkpoint(path, torch.device("cpu"))
+    load_translator(path, torch.device("cpu"))
 
 
 def run_eval(path: Path, trained, tmp_path: Path) -> None:
@@ -148,7 +148,7 @@ def run_average(path: Path, trained, tmp_path: Path) -> None:
 
 def run_export(path: Path, trained, tmp_path: Path) -> None:
     pytest.importorskip("ctranslate2")
-    from nmt_cli.export import export_ctranslate2
+    from nmt_cli.inference.export import export_ctranslate2
 
     export_ctranslate2(path, tmp_path / "export")
 

@@ -2,12 +2,13 @@
 
 Random-weight models in every arrangement (pre/post-norm, tied/untied, joint/separate
 vocabularies) give CTranslate2 the same per-word log-probabilities as PyTorch; a model trained
-on the reverse task translates the same through `CTranslate2Translator` as through our
-`Translator`. Exports that cannot be right are refused and leave nothing behind.
+on the reverse task translates the same through the CTranslate2 engine as through our
+PyTorch engine. Exports that cannot be right are refused and leave nothing behind.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -19,15 +20,17 @@ from nmt_cli.checkpoint import save_checkpoint, tokenizer_entry
 from nmt_cli.cli import app
 from nmt_cli.config import config_from_dict, config_to_dict
 from nmt_cli.data.batching import collate_sources
-from nmt_cli.data.tokenizer import BOS, EOS, load_tokenizers
+from nmt_cli.data.shards import load_tokenizers
+from nmt_cli.data.tokenizer import BOS, EOS
 from nmt_cli.errors import CheckpointError, ConfigError, DataError
 from nmt_cli.models import build_model
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
-from nmt_cli.ct2_translate import CTranslate2Translator  # noqa: E402
-from nmt_cli.export import export_ctranslate2  # noqa: E402
-from nmt_cli.translate import Translator  # noqa: E402
+from nmt_cli.inference.ctranslate2 import CTranslate2Engine  # noqa: E402
+from nmt_cli.inference.engines import load_translator  # noqa: E402
+from nmt_cli.inference.export import export_ctranslate2  # noqa: E402
+from nmt_cli.inference.translator import Translator  # noqa: E402
 
 TRANSFORMER = {"type": "transformer", "d_model": 32, "heads": 4, "ff_dim": 64, "enc_layers": 2,
                "dec_layers": 2, "norm": "pre", "dropout": 0.0, "max_len": 40}  # fmt: skip
@@ -120,8 +123,8 @@ def test_greedy_words_equal_ours_on_random_weights(reverse_data: Path, tmp_path:
     export_ctranslate2(tmp_path / "m.pt", tmp_path / "ct2")
     lines = [" ".join(random.Random(i).choices("0123456789", k=i % 9 + 1)) for i in range(20)]
     settings = {"beam": 1, "alpha": 0.0}
-    ours = Translator.from_checkpoint(tmp_path / "m.pt", torch.device("cpu"), settings)
-    ct2 = CTranslate2Translator(tmp_path / "ct2", settings)
+    ours = load_translator(tmp_path / "m.pt", torch.device("cpu"), settings)
+    ct2 = Translator(CTranslate2Engine(tmp_path / "ct2", settings))
     assert [t.text for t in ct2.translate(lines)] == [t.text for t in ours.translate(lines)]
 
 
@@ -139,13 +142,13 @@ def test_export_directory_is_self_contained(exported: Path) -> None:
 def test_translations_equal_ours(settings: dict, trained_transformer: Path, exported: Path,
                                  corpus) -> None:  # fmt: skip
     """Same best translation and score (GNMT length penalty included) as our beam search;
-    with alpha 0 the whole n-best list agrees (see ct2_translate's docstring for why only
+    with alpha 0 the whole n-best list agrees (see inference/ctranslate2.py's docstring for why only
     then)."""
     n_best = settings["beam"] if settings["alpha"] == 0 else 1
     settings = {**settings, "n_best": n_best}
     lines = [src for src, _ in corpus.test] + ["", "  3\t1\u00a04 ", "1 2 3 4 5 6 7 8 9"]
-    ours = Translator.from_checkpoint(trained_transformer, torch.device("cpu"), settings)
-    ct2 = CTranslate2Translator(exported, settings, inter_threads=2)
+    ours = load_translator(trained_transformer, torch.device("cpu"), settings)
+    ct2 = Translator(CTranslate2Engine(exported, settings, inter_threads=2))
     progress: list[int] = []
     expected, got = ours.translate(lines), ct2.translate(lines, on_progress=progress.append)
     assert sum(progress) == len(lines)
@@ -164,8 +167,8 @@ def test_translations_equal_ours(settings: dict, trained_transformer: Path, expo
 def test_attention_equals_ours(trained_transformer: Path, exported: Path, corpus) -> None:
     settings = {"beam": 1, "alpha": 0.0}
     lines = [src for src, _ in corpus.test[:10]]
-    ours = Translator.from_checkpoint(trained_transformer, torch.device("cpu"), settings)
-    ct2 = CTranslate2Translator(exported, settings)
+    ours = load_translator(trained_transformer, torch.device("cpu"), settings)
+    ct2 = Translator(CTranslate2Engine(exported, settings))
     for mine, theirs in zip(ct2.translate(lines, keep_attention=True),
                             ours.translate(lines, keep_attention=True), strict=True):  # fmt: skip
         assert mine.src_pieces == theirs.src_pieces and mine.out_pieces == theirs.out_pieces
@@ -179,8 +182,8 @@ def test_a_limit_of_one_step_gives_empty_lines(trained_transformer: Path, export
     scored instead, with our length penalty."""
     settings = {"beam": 2, "alpha": 0.6, "max_len_a": 0.0, "max_len_b": 1}
     lines = [src for src, _ in corpus.test[:5]]
-    ours = Translator.from_checkpoint(trained_transformer, torch.device("cpu"), settings)
-    got = CTranslate2Translator(exported, settings).translate(lines)
+    ours = load_translator(trained_transformer, torch.device("cpu"), settings)
+    got = Translator(CTranslate2Engine(exported, settings)).translate(lines)
     assert [t.text for t in got] == [""] * 5
     for mine, theirs in zip(got, ours.translate(lines), strict=True):
         assert mine.nbest[0][1] == pytest.approx(theirs.nbest[0][1], abs=1e-4)
@@ -191,26 +194,27 @@ def test_int8_export_translates(trained_transformer: Path, exported: Path, corpu
     result = export_ctranslate2(trained_transformer, tmp_path / "int8", quantization="int8")
     assert result.size_bytes < (exported / "model.bin").stat().st_size
     lines = [src for src, _ in corpus.test]
-    got = CTranslate2Translator(tmp_path / "int8", {"beam": 2}).translate(lines)
+    got = Translator(CTranslate2Engine(tmp_path / "int8", {"beam": 2})).translate(lines)
     assert len(got) == len(lines) and all(t.text for t in got)
 
 
 def test_translator_input_errors(exported: Path) -> None:
-    ct2 = CTranslate2Translator(exported, {"beam": 2})
+    ct2 = Translator(CTranslate2Engine(exported, {"beam": 2}))
     with pytest.raises(DataError, match="input line 2 has 60 tokens, more than the model's limit"):
         ct2.translate(["1 2", " ".join("1" * 60)])
     with pytest.raises(ConfigError, match="more than the 1024 positions"):
-        CTranslate2Translator(exported, {"max_len_b": 2000}).translate(["1 2 3 4 5 6 7 8 9 0"])
+        ct2 = Translator(CTranslate2Engine(exported, {"max_len_b": 2000}))
+        ct2.translate(["1 2 3 4 5 6 7 8 9 0"])
     with pytest.raises(ConfigError, match="n-best 3 with beam 2: beam search needs"):
-        CTranslate2Translator(exported, {"beam": 2, "n_best": 3})
+        Translator(CTranslate2Engine(exported, {"beam": 2, "n_best": 3}))
     with pytest.raises(CheckpointError, match="not a CTranslate2 model written by nmt export"):
-        CTranslate2Translator(exported.parent)
+        Translator(CTranslate2Engine(exported.parent))
     with pytest.raises(ConfigError, match="target prefixes have no exact CTranslate2"):
         ct2.translate(["1 2"], prefixes=["2"])
 
 
 def test_stream_translates_chunk_by_chunk(exported: Path) -> None:
-    ct2 = CTranslate2Translator(exported, {"beam": 2})
+    ct2 = Translator(CTranslate2Engine(exported, {"beam": 2}))
     chunks = [["1 2 3"], ["", "4 5"]]
     streamed = [t.text for t in ct2.translate_stream(chunks)]
     assert streamed == [t.text for t in ct2.translate(["1 2 3", "", "4 5"])]
@@ -282,3 +286,26 @@ def test_cli_engine_ctranslate2_equals_the_torch_engine(
                        *common])  # fmt: skip
     assert refused.returncode == 1 and "--engine torch" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_eval_scores_an_export_as_it_scores_the_checkpoint(
+    trained_transformer: Path, exported: Path, corpus, tmp_path: Path
+) -> None:
+    """`nmt eval --engine ctranslate2` (in this interpreter: the CLI is a thin shell)."""
+    src, ref = tmp_path / "test.src", tmp_path / "test.ref"
+    src.write_text("".join(s + "\n" for s, _ in corpus.test), encoding="utf-8")
+    ref.write_text("".join(t + "\n" for _, t in corpus.test), encoding="utf-8")
+    common = ["--src", str(src), "--ref", str(ref), "--beam", "3", "--device", "cpu", "--json"]
+    runner = CliRunner()
+    ours = runner.invoke(app, ["eval", str(trained_transformer), *common])
+    theirs = runner.invoke(app, ["eval", str(exported), "--engine", "ctranslate2", "--quantize",
+                                 "int8", "--threads", "2", *common])  # fmt: skip
+    assert ours.exit_code == theirs.exit_code == 0, theirs.stderr
+    ours, theirs = json.loads(ours.stdout), json.loads(theirs.stdout)
+    assert theirs["sentences"] == ours["sentences"] == len(corpus.test)
+    assert theirs["bleu"] == pytest.approx(ours["bleu"], abs=5.0)  # int8 may change a word
+    exact = runner.invoke(app, ["eval", str(exported), "--engine", "ctranslate2", *common])
+    assert json.loads(exact.stdout)["bleu"] == ours["bleu"]
+    refused = runner.invoke(app, ["eval", str(exported), "--engine", "ctranslate2", "--dtype",
+                                  "bf16", *common])  # fmt: skip
+    assert refused.exit_code == 1 and "--engine torch" in refused.stderr

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from nmt_cli import loss as loss_module
-from nmt_cli.config import TransformerModelConfig, config_from_dict
+from nmt_cli.config import DecodeConfig, TransformerModelConfig, config_from_dict
 from nmt_cli.data.batching import bucket_width, collate, plan_batches
 from nmt_cli.decode.beam import beam_search
 from nmt_cli.loss import smoothed_cross_entropy
@@ -165,9 +165,10 @@ def test_beam_search_waits_once_per_step(prefixes) -> None:
     real_step = model.step
     model.step = lambda *args: steps.append(1) or real_step(*args)
     with CountSyncs() as counted:
-        results = beam_search(model, src, src_mask, beam=4, bos=2, eos=3, alpha=0.6,
-                              max_len_a=1.0, max_len_b=3, n_best=2, coverage=0.2,
-                              prefixes=prefixes, keep_attention=True)  # fmt: skip
+        settings = DecodeConfig(beam=4, alpha=0.6, max_len_a=1.0, max_len_b=3, n_best=2,
+                                coverage=0.2)  # fmt: skip
+        results = beam_search(model, src, src_mask, settings, bos=2, eos=3, prefixes=prefixes,
+                              keep_attention=True)  # fmt: skip
     assert len(counted.calls) <= len(steps) + 3, counted.calls
     assert all(len(hyps) == 2 and hyps[0].score >= hyps[1].score for hyps in results)
     if prefixes:

@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 from nmt_cli.checkpoint import save_checkpoint, tokenizer_entry
 from nmt_cli.cli import app
 from nmt_cli.config import config_from_dict, config_to_dict
-from nmt_cli.data.shards import ShardReader
-from nmt_cli.data.tokenizer import load_tokenizers
+from nmt_cli.data.shards import ShardReader, load_tokenizers
 from nmt_cli.models import build_model
 
 TRANSFORMER = {"type": "transformer", "d_model": 16, "heads": 2, "ff_dim": 32, "enc_layers": 1,

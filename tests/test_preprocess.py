@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from nmt_cli.config import CleanConfig, Config, DataConfig, SourceConfig, TokenizerConfig
-from nmt_cli.data.shards import ShardReader, read_manifest
-from nmt_cli.data.tokenizer import load_tokenizers
+from nmt_cli.data.shards import ShardReader, load_tokenizers, read_manifest
 from nmt_cli.errors import ConfigError, DataError
 from nmt_cli.preprocess import preprocess
 

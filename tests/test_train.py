@@ -18,9 +18,9 @@ from nmt_cli.config import TrainConfig, config_from_dict
 from nmt_cli.data.batching import plan_batches
 from nmt_cli.data.shards import ShardReader
 from nmt_cli.errors import CheckpointError, ConfigError
+from nmt_cli.inference.engines import load_translator
 from nmt_cli.train import train
 from nmt_cli.trainer import learning_rate
-from nmt_cli.translate import Translator
 
 
 def read_metrics(run_dir: Path) -> tuple[dict[int, float], list[dict]]:
@@ -37,7 +37,7 @@ def read_metrics(run_dir: Path) -> tuple[dict[int, float], list[dict]]:
 
 
 def accuracy(checkpoint: Path, pairs: list[tuple[str, str]], **decode) -> float:
-    translator = Translator.from_checkpoint(checkpoint, torch.device("cpu"), decode)
+    translator = load_translator(checkpoint, torch.device("cpu"), decode)
     outputs = [t.text for t in translator.translate([s for s, _ in pairs])]
     return sum(out == ref for out, (_, ref) in zip(outputs, pairs, strict=True)) / len(pairs)
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nmt_cli.errors import DataError
-from nmt_cli.translate import Translator
+from nmt_cli.inference.engines import load_translator
+from nmt_cli.inference.translator import Translator
 
 LINES = ["1 2 3 4 5 6 7", "", "8 9", "  ", "4 4 0 1", "3 1 4 1 5", "2 7 1"]
 
@@ -20,12 +21,12 @@ def reverse(line: str) -> str:
 
 @pytest.fixture(scope="module")
 def translator(checkpoint: Path) -> Translator:
-    return Translator.from_checkpoint(checkpoint, torch.device("cpu"))
+    return load_translator(checkpoint, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("beam", [1, 4])
 def test_order_and_empty_lines(checkpoint: Path, beam: int) -> None:
-    translator = Translator.from_checkpoint(checkpoint, torch.device("cpu"), {"beam": beam})
+    translator = load_translator(checkpoint, torch.device("cpu"), {"beam": beam})
     texts = [t.text for t in translator.translate(LINES)]
     assert texts == [reverse(line) for line in LINES]
 
@@ -34,7 +35,7 @@ def test_order_and_empty_lines(checkpoint: Path, beam: int) -> None:
 def test_batch_size_does_not_change_results(checkpoint: Path, beam: int) -> None:
     def run(batch_tokens: int):
         overrides = {"beam": beam, "n_best": beam, "batch_tokens": batch_tokens}
-        translator = Translator.from_checkpoint(checkpoint, torch.device("cpu"), overrides)
+        translator = load_translator(checkpoint, torch.device("cpu"), overrides)
         return translator.translate(LINES)
 
     one_by_one, all_at_once = run(1), run(10_000)
@@ -51,7 +52,7 @@ def test_stream_numbers_lines_across_chunks(translator: Translator) -> None:
 
 @pytest.mark.parametrize("beam", [1, 3])
 def test_attention_shapes(checkpoint: Path, beam: int) -> None:
-    translator = Translator.from_checkpoint(checkpoint, torch.device("cpu"), {"beam": beam})
+    translator = load_translator(checkpoint, torch.device("cpu"), {"beam": beam})
     for t in translator.translate(["1 2 3", "9 8 7 6 5 4"], keep_attention=True):
         assert t.attention.shape == (len(t.out_pieces), len(t.src_pieces))
         assert t.out_pieces[-1] == t.src_pieces[-1] == "</s>"

@@ -17,8 +17,7 @@ import sentencepiece as spm
 
 from nmt_cli.config import TokenizerConfig
 from nmt_cli.errors import DataError
-
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
+from nmt_cli.special_ids import BOS, EOS, PAD, UNK
 
 # The unigram trainer builds a suffix array over every sampled character, costing about 20 bytes
 # of RAM per character (measured: 1.2 GB for 58M characters). 64M characters keeps training
@@ -159,13 +158,3 @@ class Tokenizer:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self._bytes).hexdigest()
-
-
-def load_tokenizers(data_dir: Path) -> tuple[Tokenizer, Tokenizer]:
-    """The (source, target) tokenizers of a preprocessed data dir; one object twice if joint."""
-    from nmt_cli.data.shards import read_manifest
-
-    info = read_manifest(data_dir)["tokenizer"]
-    src = Tokenizer.from_file(Path(data_dir) / info["src"])
-    tgt = src if info["tgt"] == info["src"] else Tokenizer.from_file(Path(data_dir) / info["tgt"])
-    return src, tgt

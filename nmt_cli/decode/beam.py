@@ -33,9 +33,11 @@ import dataclasses
 import numpy as np
 import torch
 
+from nmt_cli.config import DecodeConfig
 from nmt_cli.data.batching import to_device
 from nmt_cli.decode import Hypothesis, max_output_lengths
 from nmt_cli.errors import ConfigError
+from nmt_cli.models.interface import Seq2Seq
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -157,28 +159,25 @@ def best_continuations(
 
 @torch.inference_mode()
 def beam_search(
-    model: torch.nn.Module,
+    model: Seq2Seq,
     src: torch.Tensor,
     src_mask: torch.Tensor,
+    settings: DecodeConfig,
     *,
-    beam: int,
     bos: int,
     eos: int,
-    alpha: float,
-    max_len_a: float,
-    max_len_b: int,
-    n_best: int = 1,
-    coverage: float = 0.0,
     prefixes: list[list[int]] | None = None,
     keep_attention: bool = False,
 ) -> list[list[Hypothesis]]:
-    """src [B, S] -> per sentence, its `n_best` hypotheses, best first.
+    """src [B, S] -> per sentence, its `settings.n_best` hypotheses, best first.
 
-    `prefixes[b]` (word ids, no BOS) starts sentence b's output; `coverage` is beta.
+    Of `settings`: beam, alpha, coverage (beta), n_best and the length limit a * |X| + b.
+    `prefixes[b]` (word ids, no BOS) starts sentence b's output.
     """
-    B, K, device = src.size(0), beam, src.device
+    B, K, device = src.size(0), settings.beam, src.device
+    alpha, coverage, n_best = settings.alpha, settings.coverage, settings.n_best
     prefix = _prefix_tensor(prefixes, B, device)
-    limits = max_output_lengths(src_mask, max_len_a, max_len_b)
+    limits = max_output_lengths(src_mask, settings.max_len_a, settings.max_len_b)
     limits = torch.maximum(limits, (prefix >= 0).sum(1) + 1)  # room for the prefix and EOS
     limits_of, src_lengths = torch.stack([limits, src_mask.sum(1)]).tolist()  # per sentence
     state = model.init_state(model.encode(src, src_mask))  # one row per sentence

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import torch
 
+from nmt_cli.config import DecodeConfig
 from nmt_cli.decode import Hypothesis, max_output_lengths
 from nmt_cli.decode.beam import length_penalty
+from nmt_cli.models.interface import Seq2Seq
 
 
 def reshape_distribution(
@@ -41,29 +43,27 @@ def reshape_distribution(
 
 @torch.inference_mode()
 def sample_search(
-    model: torch.nn.Module,
+    model: Seq2Seq,
     src: torch.Tensor,
     src_mask: torch.Tensor,
+    settings: DecodeConfig,
     *,
-    samples: int,
     bos: int,
     eos: int,
-    alpha: float,
-    max_len_a: float,
-    max_len_b: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
     generator: torch.Generator,
     prefixes: list[list[int]] | None = None,
     keep_attention: bool = False,
 ) -> list[list[Hypothesis]]:
-    """src [B, S] -> per sentence, `samples` sampled hypotheses, best score first."""
-    B, n, device = src.size(0), samples, src.device
+    """src [B, S] -> per sentence, `settings.n_best` sampled hypotheses, best score first.
+
+    Of `settings`: n_best, temperature, top_k, top_p, alpha and the length limit.
+    """
+    B, n, device = src.size(0), settings.n_best, src.device
+    alpha = settings.alpha
     expand = torch.arange(B, device=device).repeat_interleave(n)
     R = B * n
     prefix_rows = [prefixes[b] if prefixes else [] for b in expand.tolist()]
-    limits = max_output_lengths(src_mask, max_len_a, max_len_b)[expand]
+    limits = max_output_lengths(src_mask, settings.max_len_a, settings.max_len_b)[expand]
     limits = torch.maximum(limits, torch.tensor([len(p) + 1 for p in prefix_rows], device=device))
     state = model.init_state(model.encode(src, src_mask)).reorder(expand)
     prev = torch.full((R,), bos, dtype=torch.long, device=device)
@@ -73,7 +73,9 @@ def sample_search(
     for t in range(int(limits.max())):
         log_probs, state, attention = model.step(prev, state)
         log_probs = log_probs.float()
-        logits = reshape_distribution(log_probs, temperature, top_k, top_p)
+        logits = reshape_distribution(
+            log_probs, settings.temperature, settings.top_k, settings.top_p
+        )
         drawn = torch.multinomial(logits.softmax(dim=1).cpu(), 1, generator=generator)
         drawn = drawn.squeeze(1).to(device)
         for row, prefix in enumerate(prefix_rows):

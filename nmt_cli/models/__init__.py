@@ -1,36 +1,30 @@
 """Model families. `BUILDERS` maps `model.type` to a function that turns the model config
-and vocabulary sizes into a module implementing the decoding interface:
-
-- `forward(src, src_mask, tgt_in) -> logits [B, T, V]` (teacher forcing)
-- `encode(src, src_mask) -> memory`
-- `init_state(memory) -> DecoderState`
-- `step(prev_tokens [B], state) -> (log_probs [B, V], state, attention [B, S] or None)`
-
-A plain dict, so finding a family's code takes one click.
+and vocabulary sizes into a module implementing the decoding interface (`Seq2Seq`, in
+`interface.py`). A plain dict, so finding a family's code takes one click.
 """
 
 from __future__ import annotations
-
-import copy
-from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from nmt_cli.config import ModelConfig
 from nmt_cli.models.ntm import build_ntm
 from nmt_cli.models.rnn import build_rnn
-from nmt_cli.models.transformer import MultiHeadAttention, build_transformer
+from nmt_cli.models.transformer import build_transformer
 
 BUILDERS = {"rnn": build_rnn, "transformer": build_transformer, "ntm": build_ntm}
 
 
-def build_model(model_cfg: Any, src_vocab: int, tgt_vocab: int, shared_vocab: bool) -> nn.Module:
+def build_model(
+    model_cfg: ModelConfig, src_vocab: int, tgt_vocab: int, shared_vocab: bool
+) -> nn.Module:
     return BUILDERS[model_cfg.type](model_cfg, src_vocab, tgt_vocab, shared_vocab)
 
 
 def build_model_shapes(
-    model_cfg: Any, src_vocab: int, tgt_vocab: int, shared_vocab: bool
+    model_cfg: ModelConfig, src_vocab: int, tgt_vocab: int, shared_vocab: bool
 ) -> nn.Module:
     """The model on the meta device: every weight's name and shape, no memory. Readers check a
     checkpoint's weights against it before building the real model, so a config naming a huge
@@ -48,14 +42,3 @@ class _NoInitialisation(TorchFunctionMode):
         if getattr(func, "__module__", None) == "torch.nn.init" or func is torch.Tensor.normal_:
             return args[0] if args else kwargs["tensor"]
         return func(*args, **kwargs)
-
-
-def replaceable_copy(model: nn.Module) -> nn.Module:
-    """A copy of `model` in eval mode whose Linear layers can each be swapped for another
-    implementation (int8, prepacked): the Transformer's cross-attention, which slices one
-    fused query/key/value weight, gets whole Linear layers for its query and key/value rows."""
-    model = copy.deepcopy(model).eval()
-    for module in model.modules():
-        if isinstance(module, MultiHeadAttention):
-            module.split_projection()
-    return model

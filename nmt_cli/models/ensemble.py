@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from nmt_cli.models.state import DecoderState
+from nmt_cli.models.interface import DecoderState
 
 
 @dataclasses.dataclass

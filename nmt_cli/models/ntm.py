@@ -30,7 +30,8 @@ from torch import nn
 
 from nmt_cli.config import NTMModelConfig
 from nmt_cli.models import ntm_memory
-from nmt_cli.models.state import DecoderState, step_log_probs
+from nmt_cli.models.interface import DecoderState, step_log_probs
+from nmt_cli.special_ids import PAD
 
 INITIAL_MEMORY = 1e-6  # Collier & Beel 2018, sec. 4: constant initialisation trains best
 
@@ -109,17 +110,14 @@ class NTMSeq2Seq(nn.Module):
         src_vocab: int,
         tgt_vocab: int,
         shared_vocab: bool,
-        pad_id: int = 0,
     ) -> None:
         super().__init__()
         E, C = cfg.emb_dim, cfg.controller_dim
         self.cfg = cfg
         read_size = cfg.read_heads * cfg.memory_width
-        self.tgt_embed = nn.Embedding(tgt_vocab, E, padding_idx=pad_id)
+        self.tgt_embed = nn.Embedding(tgt_vocab, E, padding_idx=PAD)
         tie_src = cfg.tie_embeddings and shared_vocab
-        self.src_embed = (
-            self.tgt_embed if tie_src else nn.Embedding(src_vocab, E, padding_idx=pad_id)
-        )
+        self.src_embed = self.tgt_embed if tie_src else nn.Embedding(src_vocab, E, padding_idx=PAD)
         self.dropout = nn.Dropout(cfg.dropout)
         if cfg.controller == "lstm":
             self.controller: nn.Module = nn.LSTMCell(E + read_size, C)

@@ -29,7 +29,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt_cli.config import RNNModelConfig
 from nmt_cli.models.attention import Attention
-from nmt_cli.models.state import DecoderState, step_log_probs
+from nmt_cli.models.interface import DecoderState, step_log_probs
+from nmt_cli.special_ids import PAD
 
 
 @dataclasses.dataclass
@@ -146,16 +147,13 @@ class RNNSeq2Seq(nn.Module):
         src_vocab: int,
         tgt_vocab: int,
         shared_vocab: bool,
-        pad_id: int = 0,
     ) -> None:
         super().__init__()
         E, H = cfg.emb_dim, cfg.hidden_dim
         self.cfg = cfg
-        self.tgt_embed = nn.Embedding(tgt_vocab, E, padding_idx=pad_id)
+        self.tgt_embed = nn.Embedding(tgt_vocab, E, padding_idx=PAD)
         tie_src = cfg.tie_embeddings and shared_vocab
-        self.src_embed = (
-            self.tgt_embed if tie_src else nn.Embedding(src_vocab, E, padding_idx=pad_id)
-        )
+        self.src_embed = self.tgt_embed if tie_src else nn.Embedding(src_vocab, E, padding_idx=PAD)
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.encoder = RNNEncoder(cfg)
         self.bridge = nn.Linear(H, cfg.dec_layers * H)

@@ -28,7 +28,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nmt_cli.config import TransformerModelConfig
-from nmt_cli.models.state import DecoderState, step_log_probs
+from nmt_cli.models.interface import DecoderState, step_log_probs
+from nmt_cli.special_ids import PAD
 
 
 @dataclasses.dataclass
@@ -47,8 +48,7 @@ class TransformerState(DecoderState):
 
     Reordering the self-attention cache is deferred to the next step, which copies the
     selected rows straight into the cache one position longer: one copy of the cache per
-    step, where selecting and then appending made three (a quarter of int8 decoding's time
-    went to copying the cache).
+    step, where selecting and then appending made three.
     """
 
     # Layer-major: each layer's keys and values are one contiguous block, which the batched
@@ -241,22 +241,15 @@ def scaled_dot_product(
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(d_h)) v over the unmasked keys, by the fastest route where it runs.
 
-    PyTorch's fused kernels, except where they are slow (`bench/attention_kernels.py`):
-    - training on CPU: the fused (flash) kernel's backward pass; PyTorch's math path (two
-      batched matrix products around a softmax) is 2.4x faster forward + backward (7.2
-      against 17.1 ms for 120 sentences x 4 heads x 28 positions under bf16 autocast, 2
-      cores) and made a Multi30k Transformer train ~20% faster;
-    - eager training on GPU over short sentences: with the math path a Transformer-base
-      trained 13% faster on Multi30k (H200, bf16, 25,000-token batches: 320,679 against
-      283,634 target tokens/s). Alone, at one fixed shape, the fused kernels are faster at
-      every length; inside training the update is CPU-bound (the GPU was busy 49 of ~90 ms
-      per update) and every batch has a new shape; which of these costs the fused kernels
-      more is not established. Under torch.compile the fused kernels stay: inductor was
-      still compiling the math path after 200 s, where a whole 100-update run with the
-      fused kernels took 180 s;
+    PyTorch's fused kernels, except where they are slow (`bench/attention_kernels.py`;
+    figures in docs/performance.md):
+    - training on CPU: the fused (flash) kernel's backward pass is slower than PyTorch's math
+      path (two batched matrix products around a softmax);
+    - eager training on GPU over short sentences: the math path trained a Transformer-base
+      faster on Multi30k. Under torch.compile the fused kernels stay: inductor compiles the
+      math path far more slowly;
     - decoding on CPU (no gradient, no causal mask, no dropout): the few query positions of
-      a step; three plain ops are 1.3-3.5x faster (a 5-hypothesis beam's cross-attention
-      over 20 source words for 100 sentences: 0.20 against 0.70 ms).
+      a step, where three plain ops are faster.
     """
     on_cpu, training = q.device.type == "cpu", torch.is_grad_enabled()
     if on_cpu and not training and not causal and not dropout:
@@ -279,7 +272,7 @@ class FeedForward(nn.Sequential):
     def __init__(self, d_model: int, ff_dim: int, activation_dropout: float) -> None:
         super().__init__(
             nn.Linear(d_model, ff_dim),
-            nn.ReLU(inplace=True),  # one [tokens, ff_dim] tensor less (int8 decoding +2%)
+            nn.ReLU(inplace=True),  # one [tokens, ff_dim] tensor less
             nn.Dropout(activation_dropout),
             nn.Linear(ff_dim, d_model),
         )
@@ -386,9 +379,9 @@ class Transformer(nn.Module):
         D = cfg.d_model
         self.cfg = cfg
         self.embed_scale = math.sqrt(D)
-        self.tgt_embed = nn.Embedding(tgt_vocab, D, padding_idx=0)
+        self.tgt_embed = nn.Embedding(tgt_vocab, D, padding_idx=PAD)
         tie_src = cfg.tie_embeddings and shared_vocab
-        self.src_embed = self.tgt_embed if tie_src else nn.Embedding(src_vocab, D, padding_idx=0)
+        self.src_embed = self.tgt_embed if tie_src else nn.Embedding(src_vocab, D, padding_idx=PAD)
         self.dropout = nn.Dropout(cfg.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))

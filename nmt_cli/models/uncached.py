@@ -13,7 +13,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from nmt_cli.models.state import DecoderState, step_log_probs
+from nmt_cli.models.interface import DecoderState, step_log_probs
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 from datetime import date, timedelta
 
-from nmt_cli.data.synthetic import (
+from nmt_cli.data.dates import (
     CASES,
     FIRST_DATE,
     FORMATS,

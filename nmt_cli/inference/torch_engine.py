@@ -1,48 +1,36 @@
-"""Translate lines of text with a trained model (or an ensemble of them).
+"""The PyTorch engine: our models and our search (`nmt_cli.decode`), on any device.
 
-`Translator` owns a model, its tokenizers and the decoding settings. Within each call it
-sorts sentences by length and cuts token-budget batches, so little work is spent on
-padding, then restores the input order. Search never lets a sentence's batch-mates change
-its result, so the order of the input does not matter. Empty lines translate to empty
-lines, so output stays line-aligned with input.
+It loads a checkpoint (or several, an ensemble) and searches each batch with beam search or
+sampling under the decoding settings. On a CPU in fp32 its linear layers are prepacked for
+oneDNN, or made int8 on request (`cpu_linear.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from nmt_cli.alignment import replace_unknowns
 from nmt_cli.checkpoint import load_checkpoint
 from nmt_cli.checkpoint_checks import check_weights_fit
 from nmt_cli.config import Config, DecodeConfig, config_from_dict, validate_decode
 from nmt_cli.data.batching import collate_sources
-from nmt_cli.data.corpus import normalize
 from nmt_cli.data.tokenizer import BOS, EOS, UNK, Tokenizer
-from nmt_cli.decode.beam import beam_search
+from nmt_cli.decode.beam import Hypothesis, beam_search
 from nmt_cli.decode.sampling import sample_search
-from nmt_cli.errors import CheckpointError, ConfigError, DataError
+from nmt_cli.errors import CheckpointError, ConfigError
+from nmt_cli.inference.alignment import replace_unknowns
+from nmt_cli.inference.cpu_linear import can_prepack, prepack_linear, quantize_int8
+from nmt_cli.inference.translator import Batch, Translation, cut_batches
 from nmt_cli.models import build_model, build_model_shapes
 from nmt_cli.models.ensemble import Ensemble
 from nmt_cli.models.ntm import MemoryTrace, NTMSeq2Seq
-from nmt_cli.prepack import can_prepack, prepack_linear
-from nmt_cli.quantize import quantize_int8
 from nmt_cli.runtime import autocast, decoding_precision
 
 
-@dataclasses.dataclass
-class Translation:
-    text: str  # the best hypothesis, detokenised
-    nbest: list[tuple[str, float]]  # (text, length-normalised score), best first
-    src_pieces: list[str]  # source subwords (with the EOS the model saw)
-    out_pieces: list[str]  # output subwords (with EOS)
-    attention: torch.Tensor | None  # [len(out_pieces), len(src_pieces)]
-
-
-class Translator:
+class TorchEngine:
     def __init__(
         self,
         model: torch.nn.Module,
@@ -68,22 +56,21 @@ class Translator:
         self.generator = torch.Generator().manual_seed(decode.seed)  # sampling draws
 
     @classmethod
-    def from_checkpoint(
+    def from_checkpoints(
         cls,
-        paths: str | Path | Sequence[str | Path],
+        paths: Sequence[str | Path],
         device: torch.device,
         decode_overrides: dict | None = None,
         *,
         precision: str = "auto",
         quantize: str | None = None,
         replace_unk: bool = False,
-    ) -> Translator:
+    ) -> TorchEngine:
         """Everything needed comes from the `.pt` files: config, tokenizers and weights.
 
         Several paths make an ensemble; they must share the vocabulary, and the first one's
         decoding settings apply. `quantize="int8"` runs int8 linear layers (CPU only).
         """
-        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         checkpoints = [load_checkpoint(path) for path in paths]
         first = checkpoints[0]
         for path, ckpt in zip(paths[1:], checkpoints[1:], strict=True):
@@ -99,7 +86,7 @@ class Translator:
         src_tok = Tokenizer(first["tokenizer"]["src_model"])
         tgt_tok = Tokenizer(first["tokenizer"]["tgt_model"])
         models = [
-            _load_model(path, ckpt, src_tok, tgt_tok)
+            load_model(path, ckpt, src_tok, tgt_tok)
             for path, ckpt in zip(paths, checkpoints, strict=True)
         ]
         model = models[0] if len(models) == 1 else Ensemble(models)
@@ -131,123 +118,52 @@ class Translator:
         )
 
     @classmethod
-    def from_config(
-        cls,
-        cfg: Config,
-        model: torch.nn.Module,
-        src: Tokenizer,
-        tgt: Tokenizer,
+    def in_training(
+        cls, cfg: Config, model: torch.nn.Module, src: Tokenizer, tgt: Tokenizer,
         device: torch.device,
-    ) -> Translator:
-        return cls(
-            model,
-            src,
-            tgt,
-            cfg.decode,
-            max_input_tokens=cfg.model.max_len,
-            device=device,
-            precision=cfg.train.precision,
-        )
+    ) -> TorchEngine:  # fmt: skip
+        """The model being trained, with the run's decoding settings (for validation BLEU)."""
+        return cls(model, src, tgt, cfg.decode, max_input_tokens=cfg.model.max_len,
+                   device=device, precision=cfg.train.precision)  # fmt: skip
 
-    def translate(
-        self,
-        lines: list[str],
-        *,
-        first_line: int = 1,
-        keep_attention: bool = False,
-        prefixes: list[str] | None = None,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> list[Translation]:
-        """Translate `lines` (numbered from `first_line` in error messages), in order.
+    def check_options(self, *, prefixes: bool) -> None:
+        """Every option is ours to honour."""
 
-        `prefixes[i]` (target text) forces the start of line i's translation.
-        `on_progress(n)` is called after each batch with the number of sentences it held.
-        """
-        lines = [normalize(line) for line in lines]
-        ids = encode_sources(self.src_tokenizer, lines, first_line, self.max_input_tokens)
-        forced = [self.tgt_tokenizer.encode(normalize(p)) for p in prefixes] if prefixes else None
-        results: list[Translation | None] = [None] * len(lines)
-        nonempty = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))
-        for i in range(len(lines)):
-            if not ids[i]:
-                results[i] = Translation("", [("", 0.0)], [], [], None)
-        if on_progress is not None and len(nonempty) < len(lines):
-            on_progress(len(lines) - len(nonempty))
-        keep_attention = keep_attention or self.replace_unk
-        for batch in self._batches(nonempty, ids):
-            batch_prefixes = [forced[i] for i in batch] if forced else None
-            hyps = self._search([ids[i] for i in batch], batch_prefixes, keep_attention)
-            for i, sentence_hyps in zip(batch, hyps, strict=True):
+    def batches(
+        self, order: list[int], ids: list[list[int]], first_line: int
+    ) -> Iterator[list[int]]:
+        return cut_batches(order, ids, self.batch_tokens)
+
+    def search(self, batches: Sequence[Batch]) -> Iterator[list[Translation]]:
+        for batch in batches:
+            keep_attention = batch.keep_attention or self.replace_unk
+            hyps = self._search(batch.ids, batch.prefixes, keep_attention)
+            translations = []
+            for line_number, line, src_ids, sentence_hyps in zip(
+                batch.line_numbers, batch.lines, batch.ids, hyps, strict=True
+            ):
                 if not sentence_hyps:  # every score was NaN: no hypothesis could end
                     raise CheckpointError(
-                        f"the model scores input line {first_line + i} as NaN: its weights "
+                        f"the model scores input line {line_number} as NaN: its weights "
                         "are broken (did its training diverge?); translate with another checkpoint"
                     )
-                results[i] = self._to_translation(lines[i], ids[i], sentence_hyps)
-            if on_progress is not None:
-                on_progress(len(batch))
-        return results  # type: ignore[return-value]
-
-    def translate_stream(
-        self,
-        chunks: Iterable[list[str]],
-        *,
-        prefixes: Iterator[str] | None = None,
-        keep_attention: bool = False,
-    ) -> Iterator[Translation]:
-        """Translate chunk after chunk, yielding each chunk's results before reading the next.
-
-        `prefixes` yields one target prefix per input line.
-        """
-        line = 1
-        for chunk in chunks:
-            chunk_prefixes = None
-            if prefixes is not None:
-                chunk_prefixes = [next(prefixes, None) for _ in chunk]
-                if None in chunk_prefixes:
-                    have = line - 1 + chunk_prefixes.index(None)
-                    raise DataError(
-                        f"the prefix file has fewer lines ({have}) than the input; "
-                        "give one prefix line per input line"
-                    )
-            yield from self.translate(
-                chunk, first_line=line, prefixes=chunk_prefixes, keep_attention=keep_attention
-            )
-            line += len(chunk)
-
-    def _batches(self, order: list[int], ids: list[list[int]]) -> Iterator[list[int]]:
-        """Cut length-sorted sentence indices into batches of about `batch_tokens` tokens."""
-        batch: list[int] = []
-        for i in order:
-            if batch and (len(ids[i]) + 1) * (len(batch) + 1) > self.batch_tokens:
-                yield batch
-                batch = []
-            batch.append(i)
-        if batch:
-            yield batch
+                translations.append(self._to_translation(line, src_ids, sentence_hyps))
+            yield translations
 
     @torch.inference_mode()
     def _search(
         self, sources: list[list[int]], prefixes: list[list[int]] | None, keep_attention: bool
-    ):
+    ) -> list[list[Hypothesis]]:
         src, src_mask = collate_sources(sources, self.device)
-        d = self.decode
-        common = dict(
-            bos=BOS, eos=EOS, alpha=d.alpha, max_len_a=d.max_len_a, max_len_b=d.max_len_b,
-            prefixes=prefixes, keep_attention=keep_attention,
-        )  # fmt: skip
         with autocast(self.device, self.precision):
-            if d.sampling:
-                return sample_search(
-                    self.model, src, src_mask, samples=d.n_best, temperature=d.temperature,
-                    top_k=d.top_k, top_p=d.top_p, generator=self.generator, **common,
-                )  # fmt: skip
-            return beam_search(
-                self.model, src, src_mask, beam=d.beam, n_best=d.n_best, coverage=d.coverage,
-                **common,
-            )  # fmt: skip
+            if self.decode.sampling:
+                return sample_search(self.model, src, src_mask, self.decode, bos=BOS, eos=EOS,
+                                     generator=self.generator, prefixes=prefixes,
+                                     keep_attention=keep_attention)  # fmt: skip
+            return beam_search(self.model, src, src_mask, self.decode, bos=BOS, eos=EOS,
+                               prefixes=prefixes, keep_attention=keep_attention)  # fmt: skip
 
-    def _to_translation(self, line: str, src_ids: list[int], hyps) -> Translation:
+    def _to_translation(self, line: str, src_ids: list[int], hyps: list[Hypothesis]) -> Translation:
         best = hyps[0]
         src_pieces = [*map(self.src_tokenizer.id_to_piece, src_ids), "</s>"]
         out_pieces = [*map(self.tgt_tokenizer.id_to_piece, best.tokens), "</s>"]
@@ -287,23 +203,11 @@ class Translator:
             )
 
 
-def encode_sources(
-    tokenizer: Tokenizer, lines: list[str], first_line: int, max_tokens: int
-) -> list[list[int]]:
-    """Subword ids of normalised lines; a line over the model's input limit is an error."""
-    ids = [tokenizer.encode(line) for line in lines]
-    for offset, seq in enumerate(ids):
-        if len(seq) > max_tokens:
-            raise DataError(
-                f"input line {first_line + offset} has {len(seq)} tokens, more than the "
-                f"model's limit of {max_tokens}; split the line into sentences"
-            )
-    return ids
-
-
-def _load_model(
+def load_model(
     path: str | Path, ckpt: dict, src_tok: Tokenizer, tgt_tok: Tokenizer
 ) -> torch.nn.Module:
+    """The checkpoint's model with its weights, in eval mode; weights that do not fit the
+    config are a one-line error naming the file."""
     cfg = config_from_dict(ckpt["config"])
     args = (cfg.model, src_tok.vocab_size, tgt_tok.vocab_size, ckpt["tokenizer"]["joint"])
     check_weights_fit(Path(path), build_model_shapes(*args), ckpt["model_state"])

@@ -1,6 +1,6 @@
-"""Translate with a CTranslate2 model directory written by `nmt export`.
+"""The CTranslate2 engine: a model directory written by `nmt export`.
 
-`CTranslate2Translator` is a drop-in for `nmt_cli.translate.Translator`: the same text
+Under the same driver (`translator.py`) as the PyTorch engine, so the same text
 normalisation, SentencePiece model, input limit, empty-line handling and `Translation`
 results, while the search runs in CTranslate2's C++ engine (fused kernels, optional int8
 weights, `inter_threads` batches translated in parallel). It reproduces our beam search
@@ -28,29 +28,27 @@ submitted asynchronously, which lets `inter_threads` workers translate them in p
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nmt_cli.config import DecodeConfig, validate_decode
-from nmt_cli.data.corpus import normalize
 from nmt_cli.data.tokenizer import EOS, Tokenizer
 from nmt_cli.decode import max_output_lengths
 from nmt_cli.decode.beam import length_penalty
 from nmt_cli.errors import CheckpointError, ConfigError, first_line, show
-from nmt_cli.export import DECODE_KEYS, FORMAT, FORMAT_VERSION, METADATA, import_ctranslate2
-from nmt_cli.translate import Translation, encode_sources
+from nmt_cli.inference.ct2_format import DECODE_KEYS, METADATA, import_ctranslate2, read_metadata
+from nmt_cli.inference.translator import Batch, Translation, cut_batches
 
 # CTranslate2's length penalty when alpha is 0 (see the module docstring, point 1): small
 # enough that its pre-selection ranks like raw log-probabilities, as ours does.
 NEUTRAL_PENALTY = 1e-3
 
 
-class CTranslate2Translator:
+class CTranslate2Engine:
     def __init__(
         self,
         model_dir: str | Path,
@@ -63,10 +61,10 @@ class CTranslate2Translator:
     ) -> None:
         """Load an exported model. `decode_overrides` (beam, alpha, n_best, max_len_a,
         max_len_b, batch_tokens) replace the stored settings, as in
-        `Translator.from_checkpoint`. `compute_type` is CTranslate2's ("default": the
+        `TorchEngine.from_checkpoints`. `compute_type` is CTranslate2's ("default": the
         exported weight type; "int8", "float32", ...). `inter_threads` batches run in
         parallel with `intra_threads` threads each: on a CPU, one thread per batch and one
-        batch per core is fastest (`../shared/PEERS.md`), hence the defaults."""
+        batch per core is fastest (`bench/decode_speed.py`), hence the defaults."""
         ctranslate2 = import_ctranslate2()
         model_dir = Path(model_dir)
         metadata = read_metadata(model_dir)
@@ -102,58 +100,35 @@ class CTranslate2Translator:
                 "export it again with nmt export"
             ) from None
 
-    def translate(
-        self,
-        lines: list[str],
-        *,
-        first_line: int = 1,
-        keep_attention: bool = False,
-        prefixes: list[str] | None = None,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> list[Translation]:
-        """Translate `lines` (numbered from `first_line` in error messages), in order.
+    def check_options(self, *, prefixes: bool) -> None:
+        """CTranslate2 leaves a forced prefix's probability out of the score, so its choices
+        would differ from ours."""
+        if prefixes:
+            raise ConfigError(
+                "target prefixes have no exact CTranslate2 equivalent; "
+                "translate with the PyTorch engine to force a prefix"
+            )
 
-        `on_progress(n)` is called after each batch with the number of sentences it held.
-        `prefixes` must be None: CTranslate2 leaves a forced prefix's probability out of the
-        score, so its choices would differ from ours.
-        """
-        _refuse_prefixes(prefixes)
-        lines = [normalize(line) for line in lines]
-        ids = encode_sources(self.src_tokenizer, lines, first_line, self.max_input_tokens)
-        results: list[Translation | None] = [None] * len(lines)
-        for i, seq in enumerate(ids):
-            if not seq:
-                results[i] = Translation("", [("", 0.0)], [], [], None)
-        nonempty = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))
-        if on_progress is not None and len(nonempty) < len(lines):
-            on_progress(len(lines) - len(nonempty))
-        limits = self._limits(ids, nonempty, first_line)
+    def batches(
+        self, order: list[int], ids: list[list[int]], first_line: int
+    ) -> Iterator[list[int]]:
+        """Batches of about `batch_tokens` tokens, each of one length limit (CTranslate2 takes
+        one maximum length per call)."""
+        limits = self._limits(ids, order, first_line)
+        return cut_batches(order, ids, self.batch_tokens,
+                           lambda first, i: limits[i] == limits[first])  # fmt: skip
+
+    def search(self, batches: Sequence[Batch]) -> Iterator[list[Translation]]:
         # Submit every batch before waiting for any, so the workers run them in parallel.
         jobs = [
-            (batch, self._submit([ids[i] for i in batch], limits[batch[0]], keep_attention))
-            for batch in self._batches(nonempty, ids, limits)
+            self._submit(batch.ids, self._limit(batch.ids[0]), batch.keep_attention)
+            for batch in batches
         ]
-        for batch, pending in jobs:
-            for i, job in zip(batch, pending, strict=True):
-                results[i] = self._to_translation(ids[i], job.result(), keep_attention)
-            if on_progress is not None:
-                on_progress(len(batch))
-        return results  # type: ignore[return-value]
-
-    def translate_stream(
-        self,
-        chunks: Iterable[list[str]],
-        *,
-        prefixes: Iterator[str] | None = None,
-        keep_attention: bool = False,
-    ) -> Iterator[Translation]:
-        """Translate chunk after chunk, yielding each chunk's results before reading the next.
-        (`prefixes`, as in `Translator.translate_stream`, must be None.)"""
-        _refuse_prefixes(prefixes)
-        line = 1
-        for chunk in chunks:
-            yield from self.translate(chunk, first_line=line, keep_attention=keep_attention)
-            line += len(chunk)
+        for batch, pending in zip(batches, jobs, strict=True):
+            yield [
+                self._to_translation(src_ids, job.result(), batch.keep_attention)
+                for src_ids, job in zip(batch.ids, pending, strict=True)
+            ]
 
     def _limits(self, ids: list[list[int]], order: list[int], first_line: int) -> dict[int, int]:
         """Each sentence's step limit a * |X| + b, computed as our beam search does."""
@@ -172,20 +147,9 @@ class CTranslate2Translator:
             )
         return limits
 
-    def _batches(
-        self, order: list[int], ids: list[list[int]], limits: dict[int, int]
-    ) -> Iterator[list[int]]:
-        """Cut length-sorted sentences into batches of about `batch_tokens` tokens, each of
-        one length limit (CTranslate2 takes one maximum length per call)."""
-        batch: list[int] = []
-        for i in order:
-            full = (len(ids[i]) + 1) * (len(batch) + 1) > self.batch_tokens
-            if batch and (full or limits[i] != limits[batch[0]]):
-                yield batch
-                batch = []
-            batch.append(i)
-        if batch:
-            yield batch
+    def _limit(self, src_ids: list[int]) -> int:
+        """One sentence's step limit (a batch holds sentences of one limit)."""
+        return self._limits([src_ids], [0], first_line=1)[0]
 
     def _submit(self, sources: list[list[int]], limit: int, keep_attention: bool) -> list[Any]:
         """Start translating one batch; `.result()` of each returned job waits for it."""
@@ -257,27 +221,6 @@ def _with_eos_column(rows: list[list[float]], n_src: int) -> torch.Tensor:
     return torch.cat([weights, (1 - weights.sum(1, keepdim=True)).clamp(min=0)], dim=1)
 
 
-def read_metadata(model_dir: Path) -> dict[str, Any]:
-    """`nmt_cli.json` of an export, checked for format and version."""
-    path = model_dir / METADATA
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise CheckpointError(
-            f"{model_dir} is not a CTranslate2 model written by nmt export (no readable "
-            f"{METADATA}); create one with nmt export CKPT --format ctranslate2 --out DIR"
-        ) from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an nmt export description; export the model again")
-    version = metadata.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{model_dir} has export format version {version}, newer than this nmt_cli reads "
-            f"({FORMAT_VERSION}); upgrade nmt_cli"
-        )
-    return metadata
-
-
 def decode_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> DecodeConfig:
     """The stored decoding settings with `overrides` applied. A setting CTranslate2 cannot
     reproduce (any DecodeConfig field beyond DECODE_KEYS) must keep its default."""
@@ -298,14 +241,6 @@ def decode_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> Decode
             )
     validate_decode(decode)
     return decode
-
-
-def _refuse_prefixes(prefixes: object) -> None:
-    if prefixes is not None:
-        raise ConfigError(
-            "target prefixes have no exact CTranslate2 equivalent; "
-            "translate with the PyTorch engine to force a prefix"
-        )
 
 
 def _engine_penalty(alpha: float) -> float:

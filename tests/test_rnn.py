@@ -1,4 +1,4 @@
-"""Step equals forward: incremental decoding computes exactly what teacher forcing computes.
+"""The RNN family: incremental decoding computes exactly what teacher forcing computes.
 
 Decoding drives the model one `step` at a time while training calls `forward` on whole
 sequences; if the two ever disagreed, a model would be trained for one computation and

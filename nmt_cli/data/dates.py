@@ -1,4 +1,4 @@
-"""Generated corpora: human-written dates to ISO dates, the classic attention demo.
+"""A generated corpus: human-written dates to ISO dates, the classic attention demo.
 
 Translating "tuesday, september 27, 1994" into "1994-09-27" needs reordering (month before day
 in the source, after the year in the target) and copying digits across, so a trained model's

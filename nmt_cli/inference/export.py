@@ -2,10 +2,10 @@
 
 CTranslate2 is a C++ inference engine for Transformer translation models: fused kernels,
 int8 weights and several translations in parallel make CPU decoding several times faster
-than PyTorch (`../shared/PEERS.md`: ~280 sentences/s in fp32 and ~460 in int8 on 2 cores,
-against ~100 for the PyTorch toolkits). It cannot read our checkpoint, so we fill its model
-specification (`ctranslate2.specs.TransformerSpec`) with our weights. CTranslate2 would run
-a wrongly arranged model without complaint, so these must match exactly:
+than PyTorch (`bench/decode_speed.py` measures both). It cannot read our checkpoint, so we
+fill its model specification (`ctranslate2.specs.TransformerSpec`) with our weights.
+CTranslate2 would run a wrongly arranged model without complaint, so these must match
+exactly:
 
 - attention: our `MultiHeadAttention` keeps the query, key and value matrices in one
   [3D, D] projection. CTranslate2's self-attention takes that fused matrix as it is; its
@@ -21,7 +21,7 @@ a wrongly arranged model without complaint, so these must match exactly:
 
 Beside CTranslate2's `model.bin`, `config.json` and vocabulary, the directory holds both
 SentencePiece models and `nmt_cli.json` (decoding settings, input limit, position table
-size), so it alone is enough to translate (`nmt_cli.ct2_translate`). It is written to a
+size; `ct2_format.py`), so it alone is enough to translate (`ctranslate2.py`). It is written to a
 temporary directory renamed into place at the end (`nmt_cli.owned_dirs`), so a failed export
 never leaves a partial directory or destroys an earlier one, and only a directory holding
 nothing but an earlier export (the files its `nmt_cli.json` lists) is ever replaced.
@@ -39,11 +39,19 @@ from rich.console import Console
 from rich.table import Table
 
 from nmt_cli.checkpoint import load_checkpoint
-from nmt_cli.checkpoint_checks import check_weights_fit
 from nmt_cli.config import Config, DecodeConfig, config_from_dict
 from nmt_cli.data.tokenizer import BOS, EOS, UNK, Tokenizer
 from nmt_cli.errors import CheckpointError, ConfigError, DataError, first_line
-from nmt_cli.models import build_model, build_model_shapes
+from nmt_cli.inference.ct2_format import (
+    DECODE_KEYS,
+    FORMAT,
+    FORMAT_VERSION,
+    METADATA,
+    SOURCE_SPM,
+    TARGET_SPM,
+    import_ctranslate2,
+)
+from nmt_cli.inference.torch_engine import load_model
 from nmt_cli.models.transformer import (
     DecoderLayer,
     EncoderLayer,
@@ -53,17 +61,11 @@ from nmt_cli.models.transformer import (
 )
 from nmt_cli.owned_dirs import DirKind, check_destination, made_files, replacing
 
-METADATA = "nmt_cli.json"
-FORMAT = "nmt_cli.ctranslate2"
-FORMAT_VERSION = 1
-SOURCE_SPM, TARGET_SPM = "source.spm", "target.spm"
 # Weight types CTranslate2 can store; "none" keeps the checkpoint's float32 weights.
 QUANTIZATIONS = (
     "none", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
     "int16", "float16", "bfloat16", "float32",
 )  # fmt: skip
-# The decoding settings the CTranslate2 translator reproduces (nmt_cli.ct2_translate).
-DECODE_KEYS = ("beam", "alpha", "max_len_a", "max_len_b", "n_best", "batch_tokens")
 # What an export written before nmt_cli.json listed its "files" holds (CTranslate2 names its
 # vocabularies by version and by whether they are shared).
 _LEGACY_FILES = (
@@ -163,17 +165,6 @@ def render_export(result: ExportResult, console: Console) -> None:
     console.print(table)
 
 
-def import_ctranslate2():
-    """The `ctranslate2` module, or a one-line error saying how to install it."""
-    try:
-        import ctranslate2
-    except ImportError:
-        raise ConfigError(
-            "ctranslate2 is not installed; pip install 'nmt-cli[ctranslate2]'"
-        ) from None
-    return ctranslate2
-
-
 def position_table_size(max_len: int) -> int:
     """Rows of the exported position table. The encoder needs max_len + 1 (with EOS);
     outputs may be longer than inputs (a * |X| + b steps), so leave room for twice that."""
@@ -193,11 +184,7 @@ def _load_transformer(
         )
     src_tok = Tokenizer(ckpt["tokenizer"]["src_model"], name=f"{path}: source tokenizer")
     tgt_tok = Tokenizer(ckpt["tokenizer"]["tgt_model"], name=f"{path}: target tokenizer")
-    args = (cfg.model, src_tok.vocab_size, tgt_tok.vocab_size, ckpt["tokenizer"]["joint"])
-    check_weights_fit(Path(path), build_model_shapes(*args), ckpt["model_state"])
-    model = build_model(*args)
-    model.load_state_dict(ckpt["model_state"])
-    return model.eval(), src_tok, tgt_tok
+    return load_model(path, ckpt, src_tok, tgt_tok), src_tok, tgt_tok
 
 
 def _split_decode(decode: DecodeConfig) -> tuple[dict[str, Any], dict[str, Any]]:
