@@ -41,7 +41,7 @@ from nmt_cli.outputs import link_output
 from nmt_cli.run_dir import data_identity, step_checkpoints
 from nmt_cli.runtime import precision_warning, resolve_precision
 from nmt_cli.stop_signals import StopSignals
-from nmt_cli.update import Updater
+from nmt_cli.update import DIVERGED, Updater
 
 
 def learning_rate(cfg_train: Any, step: int) -> float:
@@ -318,10 +318,7 @@ class Trainer:
         self.dist.all_reduce_sum(totals)
         total, count = totals.tolist()
         if not math.isfinite(total):  # e.g. one huge update: its weights give NaN everywhere
-            raise TrainingError(
-                f"validation loss at step {self.step} is not finite: training diverged; resume "
-                "from an earlier step-N.pt with a lower train.lr or more train.warmup_steps"
-            )
+            raise TrainingError(f"validation loss at step {self.step} is not finite: {DIVERGED}")
         src_lang, tgt_lang = self.langs
         sources = (self.data_dir / f"valid.{src_lang}").read_text(encoding="utf-8").splitlines()
         translator = Translator(

@@ -34,6 +34,11 @@ from nmt_cli.distributed import Distributed
 from nmt_cli.errors import TrainingError
 
 MIN_LOSS_SCALE = 1e-4  # fairseq's floor: below it fp16 cannot represent this model's gradients
+# What a run that diverged says: where to go on from, and what to change.
+DIVERGED = (
+    "training diverged; resume from an earlier step-N.pt with a lower train.lr or more "
+    "train.warmup_steps"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +148,7 @@ class Updater:
         self.worst_in_a_row.copy_(self.bad_in_a_row)
         if worst >= self.max_bad_updates:
             raise TrainingError(
-                f"loss or gradient was not finite for {worst} updates in a row: training "
-                "diverged; resume from an earlier step-N.pt with a lower train.lr or more "
-                "train.warmup_steps"
+                f"loss or gradient was not finite for {worst} updates in a row: {DIVERGED}"
             )
         if self.scaler.is_enabled() and self.scaler.get_scale() < MIN_LOSS_SCALE:
             raise TrainingError(

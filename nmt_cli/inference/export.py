@@ -184,7 +184,7 @@ def _load_transformer(
         )
     src_tok = Tokenizer(ckpt["tokenizer"]["src_model"], name=f"{path}: source tokenizer")
     tgt_tok = Tokenizer(ckpt["tokenizer"]["tgt_model"], name=f"{path}: target tokenizer")
-    return load_model(path, ckpt, src_tok, tgt_tok), src_tok, tgt_tok
+    return load_model(path, ckpt, cfg, src_tok, tgt_tok), src_tok, tgt_tok
 
 
 def _split_decode(decode: DecodeConfig) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -82,12 +82,12 @@ class TorchEngine:
                     f"{path} has another vocabulary than {paths[0]}; an ensemble needs "
                     "checkpoints trained on the same preprocessed data"
                 )
-        cfg = config_from_dict(first["config"])
+        configs = [config_from_dict(ckpt["config"]) for ckpt in checkpoints]
         src_tok = Tokenizer(first["tokenizer"]["src_model"])
         tgt_tok = Tokenizer(first["tokenizer"]["tgt_model"])
         models = [
-            load_model(path, ckpt, src_tok, tgt_tok)
-            for path, ckpt in zip(paths, checkpoints, strict=True)
+            load_model(path, ckpt, cfg, src_tok, tgt_tok)
+            for path, ckpt, cfg in zip(paths, checkpoints, configs, strict=True)
         ]
         model = models[0] if len(models) == 1 else Ensemble(models)
         if quantize is not None:
@@ -104,14 +104,14 @@ class TorchEngine:
         ):
             model = prepack_linear(model)
         model.to(device).eval()
-        decode = dataclasses.replace(cfg.decode, **(decode_overrides or {}))
+        decode = dataclasses.replace(configs[0].decode, **(decode_overrides or {}))
         validate_decode(decode)
         return cls(
             model,
             src_tok,
             tgt_tok,
             decode,
-            max_input_tokens=min(config_from_dict(c["config"]).model.max_len for c in checkpoints),
+            max_input_tokens=min(cfg.model.max_len for cfg in configs),
             device=device,
             precision=precision,
             replace_unk=replace_unk,
@@ -139,13 +139,14 @@ class TorchEngine:
             keep_attention = batch.keep_attention or self.replace_unk
             hyps = self._search(batch.ids, batch.prefixes, keep_attention)
             translations = []
-            for line_number, line, src_ids, sentence_hyps in zip(
-                batch.line_numbers, batch.lines, batch.ids, hyps, strict=True
+            for index, line, src_ids, sentence_hyps in zip(
+                batch.indices, batch.lines, batch.ids, hyps, strict=True
             ):
                 if not sentence_hyps:  # every score was NaN: no hypothesis could end
                     raise CheckpointError(
-                        f"the model scores input line {line_number} as NaN: its weights "
-                        "are broken (did its training diverge?); translate with another checkpoint"
+                        f"the model scores input line {batch.first_line + index} as NaN: its "
+                        "weights are broken (did its training diverge?); translate with another "
+                        "checkpoint"
                     )
                 translations.append(self._to_translation(line, src_ids, sentence_hyps))
             yield translations
@@ -204,11 +205,10 @@ class TorchEngine:
 
 
 def load_model(
-    path: str | Path, ckpt: dict, src_tok: Tokenizer, tgt_tok: Tokenizer
+    path: str | Path, ckpt: dict, cfg: Config, src_tok: Tokenizer, tgt_tok: Tokenizer
 ) -> torch.nn.Module:
-    """The checkpoint's model with its weights, in eval mode; weights that do not fit the
-    config are a one-line error naming the file."""
-    cfg = config_from_dict(ckpt["config"])
+    """The checkpoint's model (`cfg`: its config, parsed) with its weights, in eval mode;
+    weights that do not fit the config are a one-line error naming the file."""
     args = (cfg.model, src_tok.vocab_size, tgt_tok.vocab_size, ckpt["tokenizer"]["joint"])
     check_weights_fit(Path(path), build_model_shapes(*args), ckpt["model_state"])
     model = build_model(*args)

@@ -41,7 +41,7 @@ class Batch:
     normalised text, subword ids and forced target prefixes (ids, or None)."""
 
     indices: list[int]
-    line_numbers: list[int]  # for error messages
+    first_line: int  # the number of the call's input line 0, for error messages
     lines: list[str]
     ids: list[list[int]]
     prefixes: list[list[int]] | None
@@ -103,7 +103,7 @@ class Translator:
         batches = [
             Batch(
                 indices=batch,
-                line_numbers=[first_line + i for i in batch],
+                first_line=first_line,
                 lines=[lines[i] for i in batch],
                 ids=[ids[i] for i in batch],
                 prefixes=[forced[i] for i in batch] if forced else None,

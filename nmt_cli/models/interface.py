@@ -46,7 +46,7 @@ def step_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """logits [B, V] -> fp32 log-probabilities, computed in place when the logits are fp32.
 
     A step's [B, V] logits are its biggest tensor; overwriting them saves writing a second
-    one (`bench/decode_speed.py`).
+    one (figures in docs/performance.md).
     """
     logits = logits.float().contiguous()
     return torch.log_softmax(logits, dim=-1, out=logits)
