@@ -28,11 +28,15 @@ import torch
 import nmt_cli
 from nmt_cli.checkpoint_checks import check_archive, check_payload
 from nmt_cli.errors import CheckpointError, first_line
+from nmt_cli.formats import FileFormat
 from nmt_cli.outputs import open_output
 from nmt_cli.special_ids import BOS, EOS, PAD, UNK
 
 FORMAT = "nmt_cli.checkpoint"
 FORMAT_VERSION = 1
+CHECKPOINT = FileFormat(
+    FORMAT, FORMAT_VERSION, "checkpoint", "pass a .pt written by nmt train", CheckpointError
+)
 
 # MIGRATIONS[n] upgrades a version-n checkpoint dict to version n + 1.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -123,23 +127,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"{path} is corrupt or not a checkpoint at all; pass a .pt written by nmt train"
             ) from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise CheckpointError(
-                f"{path} is not an nmt_cli checkpoint (no '{FORMAT}' tag); "
-                "pass a .pt written by nmt train"
-            )
+        version = CHECKPOINT.check(path, payload)
         check_archive(path, handle)
-    version = payload.get("format_version")
-    if type(version) is not int or not 1 <= version < 2**31:  # bool is no version either
-        raise CheckpointError(
-            f"{path} has no valid checkpoint format version (an integer from 1 to "
-            f"{FORMAT_VERSION}); pass a .pt written by nmt train"
-        )
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {version}, newer than this nmt_cli reads "
-            f"({FORMAT_VERSION}); upgrade nmt_cli"
-        )
     while version < FORMAT_VERSION:
         payload = MIGRATIONS[version](payload)
         version = payload["format_version"] = version + 1

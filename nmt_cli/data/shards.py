@@ -25,9 +25,11 @@ import numpy as np
 
 from nmt_cli.data.tokenizer import PAD, Tokenizer
 from nmt_cli.errors import DataError
+from nmt_cli.formats import FileFormat
 
 FORMAT = "nmt_cli.shards"
 FORMAT_VERSION = 1
+SHARDS = FileFormat(FORMAT, FORMAT_VERSION, "data dir", "re-run `nmt preprocess`", DataError)
 MANIFEST = "manifest.json"
 SIDES = ("src", "tgt")
 _OFFSET_DTYPE = np.dtype("<i8")
@@ -49,17 +51,7 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: unreadable manifest ({exc}); re-run `nmt preprocess`") from None
-    tag = manifest.get("format") if isinstance(manifest, dict) else None
-    if tag != FORMAT:
-        raise DataError(
-            f"{path}: format {tag!r} is not {FORMAT!r}; this is not an nmt_cli data dir"
-        )
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise DataError(
-            f"{path}: format_version {version!r} is newer than this nmt_cli reads "
-            f"({FORMAT_VERSION}); upgrade nmt_cli or re-run `nmt preprocess`"
-        )
+    SHARDS.check(path, manifest)
     return manifest
 
 

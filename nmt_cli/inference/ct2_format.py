@@ -13,10 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from nmt_cli.errors import CheckpointError, ConfigError
+from nmt_cli.formats import FileFormat
 
 METADATA = "nmt_cli.json"
 FORMAT = "nmt_cli.ctranslate2"
 FORMAT_VERSION = 1
+_EXPORT = "nmt export CKPT --format ctranslate2 --out DIR"
+EXPORT = FileFormat(
+    FORMAT, FORMAT_VERSION, "CTranslate2 export", f"export again: {_EXPORT}",
+    CheckpointError,
+)  # fmt: skip
 SOURCE_SPM, TARGET_SPM = "source.spm", "target.spm"
 # The decoding settings the CTranslate2 engine reproduces; the others keep their defaults.
 DECODE_KEYS = ("beam", "alpha", "max_len_a", "max_len_b", "n_best", "batch_tokens")
@@ -41,14 +47,7 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         raise CheckpointError(
             f"{model_dir} is not a CTranslate2 model written by nmt export (no readable "
-            f"{METADATA}); create one with nmt export CKPT --format ctranslate2 --out DIR"
+            f"{METADATA}); create one with {_EXPORT}"
         ) from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an nmt export description; export the model again")
-    version = metadata.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{model_dir} has export format version {version}, newer than this nmt_cli reads "
-            f"({FORMAT_VERSION}); upgrade nmt_cli"
-        )
+    EXPORT.check(path, metadata)
     return metadata
