@@ -29,14 +29,14 @@ def _all_symbols(words: list[str]) -> bool:
 
 
 def test_copy_targets_equal_sources_of_every_length_in_range() -> None:
-    pairs = generate("copy", 300, seed=1, lengths=(2, 5))
+    pairs = list(generate("copy", 300, seed=1, lengths=(2, 5)))
     assert all(src == tgt for src, tgt in pairs)
     assert {len(src.split()) for src, _ in pairs} == {2, 3, 4, 5}
     assert all(_all_symbols(src.split()) for src, _ in pairs)
 
 
 def test_repeat_copy_target_is_the_sequence_n_times() -> None:
-    pairs = generate("repeat_copy", 300, seed=1, lengths=(1, 4), repeats=(2, 3))
+    pairs = list(generate("repeat_copy", 300, seed=1, lengths=(1, 4), repeats=(2, 3)))
     counts, lengths = set(), set()
     for src, tgt in pairs:
         *seq, token = src.split()
@@ -49,7 +49,7 @@ def test_repeat_copy_target_is_the_sequence_n_times() -> None:
 
 
 def test_associative_recall_answer_is_the_item_after_the_query() -> None:
-    pairs = generate("associative_recall", 300, seed=1, items=(2, 4))
+    pairs = list(generate("associative_recall", 300, seed=1, items=(2, 4)))
     counts, positions = set(), set()
     for src, tgt in pairs:
         story, query = src.split(" ? ")
@@ -66,13 +66,13 @@ def test_associative_recall_answer_is_the_item_after_the_query() -> None:
 
 @pytest.mark.parametrize("task", TASKS)
 def test_generation_is_deterministic_per_seed(task: str) -> None:
-    assert generate(task, 20, seed=5) == generate(task, 20, seed=5)
-    assert generate(task, 20, seed=5) != generate(task, 20, seed=6)
+    assert list(generate(task, 20, seed=5)) == list(generate(task, 20, seed=5))
+    assert list(generate(task, 20, seed=5)) != list(generate(task, 20, seed=6))
 
 
 def test_generate_rejects_an_unknown_task() -> None:
     with pytest.raises(ValueError, match="copy, repeat_copy, associative_recall"):
-        generate("reverse", 1, seed=1)
+        list(generate("reverse", 1, seed=1))
 
 
 # --- bit errors -----------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def test_task_sources_are_checked(source: dict, message: str) -> None:
 def test_a_task_source_yields_the_generated_pairs() -> None:
     source = SourceConfig(task="repeat_copy", size=7, seed=3, lengths=(2, 3), repeats=(1, 2))
     assert check_source(source) == "task"
-    expected = generate("repeat_copy", 7, seed=3, lengths=(2, 3), repeats=(1, 2))
+    expected = list(generate("repeat_copy", 7, seed=3, lengths=(2, 3), repeats=(1, 2)))
     assert list(iter_pairs(source, "src", "tgt")) == expected
 
 
@@ -186,7 +186,7 @@ def test_preprocess_builds_a_vocabulary_of_every_symbol(
     pieces = {tok.id_to_piece(i) for i in range(tok.vocab_size)}
     assert {"▁" + word for word in SYMBOLS + MARKERS} <= pieces
     assert tok.vocab_size == 4 + len(SYMBOLS) + len(MARKERS)  # pad, unk, bos, eos
-    src, tgt = generate("associative_recall", 1, seed=5)[0]
+    src, tgt = list(generate("associative_recall", 1, seed=5))[0]
     assert (out / "test.src").read_text(encoding="utf-8").splitlines()[0] == src
     assert tok.unk_id not in tok.encode(src)
     assert tok.decode(tok.encode(tgt)) == tgt

@@ -95,25 +95,14 @@ def generate(
     lengths: tuple[int, int] = (1, 20),
     repeats: tuple[int, int] = (1, 10),
     items: tuple[int, int] = (2, 6),
-) -> list[Pair]:
-    """`size` (source, target) pairs of `task`; the same seed gives the same pairs.
+) -> Iterator[Pair]:
+    """`size` (source, target) pairs of `task`, one at a time (`nmt preprocess` reads them so:
+    memory stays flat); the same seed gives the same pairs.
 
     `lengths` bounds the sequence length of copy and repeat_copy, `repeats` the repeat count
     of repeat_copy and `items` the item count of associative_recall (all inclusive, uniform).
     Ranges a task does not use are ignored.
     """
-    return list(iter_generate(task, size, seed, lengths, repeats, items))
-
-
-def iter_generate(
-    task: str,
-    size: int,
-    seed: int,
-    lengths: tuple[int, int] = (1, 20),
-    repeats: tuple[int, int] = (1, 10),
-    items: tuple[int, int] = (2, 6),
-) -> Iterator[Pair]:
-    """`generate`, one pair at a time (what `nmt preprocess` reads: memory stays flat)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if task == "associative_recall" and items[0] < 2:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nmt_cli.config import CleanConfig, SourceConfig
-from nmt_cli.data.algorithmic import TASKS, iter_generate
+from nmt_cli.data.algorithmic import TASKS, generate
 from nmt_cli.errors import ConfigError, DataError
 
 Pair = tuple[str, str]
@@ -99,7 +99,7 @@ def iter_pairs(source: SourceConfig, src_lang: str, tgt_lang: str) -> Iterator[P
     if kind == "tsv":
         return _tsv(Path(source.tsv))
     if kind == "task":
-        return iter_generate(
+        return generate(
             source.task, source.size, source.seed, source.lengths, source.repeats, source.items
         )
     from nmt_cli.data.hf import hf_pairs  # `datasets` is slow to import; only load it when used
