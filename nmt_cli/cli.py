@@ -167,8 +167,14 @@ def train(
             exit_code = launch(nproc, args, out)
         raise typer.Exit(exit_code)
     with user_errors():
-        result = run_train(load_config(recipe, set_ or []), data, out, resume=resume,
-                           restart=restart, device=device)  # fmt: skip
+        result = run_train(
+            load_config(recipe, set_ or []),
+            data,
+            out,
+            resume=resume,
+            restart=restart,
+            device=device,
+        )
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
         return
     summary = {
@@ -299,16 +305,27 @@ def translate(
     from nmt_cli.streams import read_line_chunks
 
     overrides = _decode_overrides(
-        beam=beam, alpha=alpha, coverage=coverage, n_best=n_best, max_len_a=max_len_a,
-        max_len_b=max_len_b, batch_tokens=batch_tokens, sampling=sampling or None,
-        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-    )  # fmt: skip
+        beam=beam,
+        alpha=alpha,
+        coverage=coverage,
+        n_best=n_best,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        batch_tokens=batch_tokens,
+        sampling=sampling or None,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )
     with user_errors(), contextlib.ExitStack() as stack:
         stdin_fd = _stdin_fd() if input_ is None else None
         inputs = [*checkpoints, input_, prefix, stdin_fd]
         check_output(output, inputs=inputs, option="--output")
-        for directory, option in ((attention_plot, "--attention-plot"),
-                                  (memory_plot, "--memory-plot")):  # fmt: skip
+        for directory, option in (
+            (attention_plot, "--attention-plot"),
+            (memory_plot, "--memory-plot"),
+        ):
             if directory is not None:
                 check_directory(directory, option)
         from nmt_cli.inference.engines import load_translator
@@ -317,9 +334,15 @@ def translate(
         if engine == "torch":
             keep_freed_memory()
         translator = load_translator(
-            checkpoints, device, overrides, engine=engine, precision=dtype, quantize=quantize,
-            threads=threads, replace_unk=replace_unk,
-        )  # fmt: skip
+            checkpoints,
+            device,
+            overrides,
+            engine=engine,
+            precision=dtype,
+            quantize=quantize,
+            threads=threads,
+            replace_unk=replace_unk,
+        )
         if memory_plot is not None and engine != "torch":
             raise ConfigError("--memory-plot needs --engine torch and an ntm checkpoint")
         if stdin_fd is not None:
@@ -383,9 +406,12 @@ def _plot_memory(translator, result, path: Path) -> None:
     trace = translator.engine.memory_trace(result)
     steps = [*result.src_pieces, "<s>", *result.out_pieces[:-1]]
     save_memory_plot(
-        trace.write_weights.sum(1).cpu().numpy(), trace.read_weights.sum(1).cpu().numpy(),
-        steps, trace.source_steps, path,
-    )  # fmt: skip
+        trace.write_weights.sum(1).cpu().numpy(),
+        trace.read_weights.sum(1).cpu().numpy(),
+        steps,
+        trace.source_steps,
+        path,
+    )
 
 
 def _stdin_fd() -> int:

@@ -195,7 +195,7 @@ MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "enc_layers": 6,
             "dec_layers": 6,
             "dropout": 0.1,
-        },  # fmt: skip
+        },
         "big": {
             "d_model": 1024,
             "heads": 16,
@@ -203,7 +203,7 @@ MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "enc_layers": 6,
             "dec_layers": 6,
             "dropout": 0.3,
-        },  # fmt: skip
+        },
     },
     "ntm": {},
 }

@@ -177,10 +177,15 @@ def launch(nproc: int, nmt_args: Sequence[str], run_dir: Path) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: processes share cores
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
         signals_to_handle=FORWARDED_SIGNALS,
-    )  # fmt: skip
+    )
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "nmt_cli", *nmt_args)
     except ChildFailedError as exc:

@@ -157,9 +157,14 @@ def evaluate(
         sources = read_lines(src)
         check_aligned(sources, references, "sources")  # before a translation that would be lost
         translator = load_translator(
-            checkpoint, device, decode_overrides, engine=engine, precision=precision,
-            quantize=quantize, threads=threads,
-        )  # fmt: skip
+            checkpoint,
+            device,
+            decode_overrides,
+            engine=engine,
+            precision=precision,
+            quantize=quantize,
+            threads=threads,
+        )
         with progress() as bar:
             task = bar.add_task("translating", total=len(sources))
             translations = translator.translate(sources, on_progress=lambda n: bar.advance(task, n))

@@ -96,9 +96,13 @@ class TokenLoss(torch.nn.Module):
     so the loss and its backward are inside the compiled region."""
 
     def __init__(
-        self, model: torch.nn.Module, *, label_smoothing: float, device: torch.device,
+        self,
+        model: torch.nn.Module,
+        *,
+        label_smoothing: float,
+        device: torch.device,
         precision: str,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.model, self.label_smoothing = model, label_smoothing
         self.device, self.precision = device, precision
@@ -106,5 +110,9 @@ class TokenLoss(torch.nn.Module):
     def forward(self, src, src_mask, tgt_in, tgt_out) -> torch.Tensor:  # noqa: ANN001
         with autocast(self.device, self.precision):
             logits = self.model(src, src_mask, tgt_in)  # [B, T, V]
-        return smoothed_cross_entropy(logits.flatten(0, 1), tgt_out.flatten(),
-                                      smoothing=self.label_smoothing, ignore_index=PAD)  # fmt: skip
+        return smoothed_cross_entropy(
+            logits.flatten(0, 1),
+            tgt_out.flatten(),
+            smoothing=self.label_smoothing,
+            ignore_index=PAD,
+        )

@@ -193,9 +193,14 @@ def save_memory_plot(
     image = None
     for ax, weights, title in ((axes[0], w, "write weightings"), (axes[1], r, "read weightings")):
         image = ax.imshow(
-            weights[:, first : last + 1].T, aspect="auto", cmap="gray", vmin=0.0, vmax=1.0,
-            interpolation="nearest", extent=(-0.5, T - 0.5, last + 0.5, first - 0.5),
-        )  # fmt: skip
+            weights[:, first : last + 1].T,
+            aspect="auto",
+            cmap="gray",
+            vmin=0.0,
+            vmax=1.0,
+            interpolation="nearest",
+            extent=(-0.5, T - 0.5, last + 0.5, first - 0.5),
+        )
         ax.axvline(source_steps - 0.5, color="tab:red", linestyle="--", linewidth=1)
         ax.set_xticks(range(T), [_visible(t) for t in step_tokens], rotation=90, fontsize=6)
         ax.set_xlabel("time step (input token)")

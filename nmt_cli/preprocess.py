@@ -118,9 +118,17 @@ def _build(
 
     splits: dict[str, ShardStats] = {}
     splits["train"] = _encode(
-        train_src, train_tgt, work, "train", src_tok, tgt_tok, dtype, bars,
-        max_tokens=data.clean.max_tokens, stats=stats,
-    )  # fmt: skip
+        train_src,
+        train_tgt,
+        work,
+        "train",
+        src_tok,
+        tgt_tok,
+        dtype,
+        bars,
+        max_tokens=data.clean.max_tokens,
+        stats=stats,
+    )
     _check_pairs_left(stats)
     shutil.rmtree(text_dir)
     for split in ("valid", "test"):

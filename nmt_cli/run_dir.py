@@ -236,8 +236,9 @@ def agree_on_start(
     if dist.is_main:
         try:
             moved = held.enter_context(holding(run_dir, restart=restart))
-            start = plan_start(run_dir, config_to_dict(cfg), data, resume=resume,
-                               restarted_from=moved)  # fmt: skip
+            start = plan_start(
+                run_dir, config_to_dict(cfg), data, resume=resume, restarted_from=moved
+            )
         except NMTError as exc:
             dist.broadcast_object(str(exc))
             raise

@@ -54,9 +54,15 @@ class RunLog:
             TextColumn("{task.fields[tps]:,.0f} tok/s"),
             TextColumn("lr {task.fields[lr]:.2e}"),
         )
-        self.task = self.bar.add_task("train", total=total_steps, completed=start_step,
-                                      loss=0.0, tps=0.0, lr=0.0,
-                                      visible=enabled and show_progress)  # fmt: skip
+        self.task = self.bar.add_task(
+            "train",
+            total=total_steps,
+            completed=start_step,
+            loss=0.0,
+            tps=0.0,
+            lr=0.0,
+            visible=enabled and show_progress,
+        )
         self.files: dict[str, IO[str]] = {}
 
     def __enter__(self) -> RunLog:
@@ -112,13 +118,22 @@ class RunLog:
             for name, value in entry.items():
                 self.writer.add_scalar(name, value, step)
         if "loss" in entry:
-            self.bar.update(self.task, completed=step, loss=entry["loss"],
-                            tps=entry["tok_per_s"], lr=entry["lr"])  # fmt: skip
-            self._write("train.log", f"{_now()} step {step}: loss {entry['loss']:.4f}, "
-                        f"lr {entry['lr']:.3g}, {entry['tok_per_s']:,.0f} tok/s\n")  # fmt: skip
+            self.bar.update(
+                self.task,
+                completed=step,
+                loss=entry["loss"],
+                tps=entry["tok_per_s"],
+                lr=entry["lr"],
+            )
+            self._write(
+                "train.log",
+                f"{_now()} step {step}: loss {entry['loss']:.4f}, "
+                f"lr {entry['lr']:.3g}, {entry['tok_per_s']:,.0f} tok/s\n",
+            )
         else:
-            line = (f"step {step}: valid loss {entry['valid_loss']:.3f}, "
-                    f"BLEU {entry['valid_bleu']:.2f}")  # fmt: skip
+            line = (
+                f"step {step}: valid loss {entry['valid_loss']:.3f}, BLEU {entry['valid_bleu']:.2f}"
+            )
             console.log(line)
             self._write("train.log", f"{_now()} {line}\n")
 

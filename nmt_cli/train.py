@@ -110,32 +110,53 @@ def train(
         with contextlib.ExitStack() as held:
             manifest = read_manifest(data_dir)
             cfg = with_data_sections(cfg, manifest)
-            start = agree_on_start(dist, cfg, data_identity(manifest), run_dir, held,
-                                   resume=Path(resume) if resume else None,
-                                   restart=restart)  # fmt: skip
+            start = agree_on_start(
+                dist,
+                cfg,
+                data_identity(manifest),
+                run_dir,
+                held,
+                resume=Path(resume) if resume else None,
+                restart=restart,
+            )
             trainer = Trainer(cfg, data_dir, run_dir, torch_device, dist)
             if start.checkpoint is not None:
                 trainer.restore(start.checkpoint, start.path)
             note, start = start.note, None  # the checkpoint's tensors are in the model now
             started = time.perf_counter()
-            log = RunLog(run_dir, enabled=dist.is_main, tensorboard=cfg.train.tensorboard,
-                         show_progress=show_progress, total_steps=cfg.train.max_steps,
-                         start_step=trainer.step, config_yaml=config_to_yaml(cfg))  # fmt: skip
+            log = RunLog(
+                run_dir,
+                enabled=dist.is_main,
+                tensorboard=cfg.train.tensorboard,
+                show_progress=show_progress,
+                total_steps=cfg.train.max_steps,
+                start_step=trainer.step,
+                config_yaml=config_to_yaml(cfg),
+            )
             held.enter_context(log)
             for line in [*banner(trainer, note), *trainer.notes]:
                 log.say(line)
             with StopSignals(then_ignore=dist.enabled) as interrupt:
-                stopped_by = trainer.run(interrupt, lambda entry: log.record(
-                    trainer.step, {**entry, "epoch": trainer.epoch + 1}), on_step)  # fmt: skip
+                stopped_by = trainer.run(
+                    interrupt,
+                    lambda entry: log.record(trainer.step, {**entry, "epoch": trainer.epoch + 1}),
+                    on_step,
+                )
                 if dist.is_main and (stopped_by == "interrupted" or not trainer.validates):
                     trainer.save(run_dir / "last.pt", {})
             log.say(f"stopped at step {trainer.step}: {interrupt.name or STOP_REASONS[stopped_by]}")
             # Leave together: a process that exits while another still writes its checkpoint
             # closes the connections the other's process group is using.
             dist.barrier()
-        result = TrainResult(run_dir, trainer.step, trainer.best_bleu, trainer.best_step,
-                             time.perf_counter() - started, stopped_by,
-                             interrupt.name)  # fmt: skip
+        result = TrainResult(
+            run_dir,
+            trainer.step,
+            trainer.best_bleu,
+            trainer.best_step,
+            time.perf_counter() - started,
+            stopped_by,
+            interrupt.name,
+        )
         if dist.enabled:
             # The DDP module refers to the process group (through reference cycles): free
             # both now. Freed at interpreter exit instead, gloo's threads can no longer take

@@ -103,9 +103,13 @@ class Trainer:
             self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, fused=True
         )
         t = cfg.train
-        self.plan = plan_batches(self.train_data.src_lengths, self.train_data.tgt_lengths,
-                                 t.batch_tokens, max_len=cfg.model.max_len,
-                                 static_shapes=t.static_shapes)  # fmt: skip
+        self.plan = plan_batches(
+            self.train_data.src_lengths,
+            self.train_data.tgt_lengths,
+            t.batch_tokens,
+            max_len=cfg.model.max_len,
+            static_shapes=t.static_shapes,
+        )
         self.updater = Updater(
             self._training_module(),
             self.optimizer,
@@ -115,8 +119,9 @@ class Trainer:
             max_bad_updates=cfg.train.max_bad_updates,
             dist=dist,
         )
-        self.valid_loss = TokenLoss(self.model, label_smoothing=0.0, device=device,
-                                    precision=self.precision)  # fmt: skip
+        self.valid_loss = TokenLoss(
+            self.model, label_smoothing=0.0, device=device, precision=self.precision
+        )
         self.batches_per_update = cfg.train.accum_steps * dist.world_size  # the global batch
         self.step = 0
         self.epoch = 0
@@ -169,9 +174,11 @@ class Trainer:
         two per bucket width; else once for shapes that vary (`dynamic=True`)."""
         t = self.cfg.train
         module: torch.nn.Module = TokenLoss(
-            self.model, label_smoothing=t.label_smoothing, device=self.device,
+            self.model,
+            label_smoothing=t.label_smoothing,
+            device=self.device,
             precision=self.precision,
-        )  # fmt: skip
+        )
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = DistributedDataParallel(module, device_ids=ids)
@@ -289,8 +296,9 @@ class Trainer:
         process takes every world_size-th; returns the update's target tokens (with EOS)."""
         self.model.train()
         pairs, rank, world = self.batches, self.dist.rank, self.dist.world_size
-        tokens = sum(int(self.train_data.tgt_lengths[pairs[b]].sum()) + len(pairs[b])
-                     for b in global_batch)  # fmt: skip
+        tokens = sum(
+            int(self.train_data.tgt_lengths[pairs[b]].sum()) + len(pairs[b]) for b in global_batch
+        )
         batches = [
             collate_stored(self.train_data, pairs[b], self.device, int(self.plan.widths[b]))
             for b in global_batch[rank::world]
@@ -396,10 +404,15 @@ class Trainer:
                 if self.step % t.log_every == 0 or at_end:
                     report = self.updater.report()
                     tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    record({"loss": report.loss, "lr": learning_rate(t, self.step),
+                    record(
+                        {
+                            "loss": report.loss,
+                            "lr": learning_rate(t, self.step),
                             "tok_per_s": round(tps, 1),
                             "skipped_updates": report.skipped_updates,
-                            "overflow_updates": report.overflow_updates})  # fmt: skip
+                            "overflow_updates": report.overflow_updates,
+                        }
+                    )
                     window_tokens, window_start = 0, time.perf_counter()
                 early_stop = False
                 if self.validates and (self.step % t.valid_every == 0 or at_end):
@@ -437,5 +450,6 @@ def collate_stored(
     reader: ShardReader, indices: Sequence[int], device: torch.device, width: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The batch of stored pairs `indices`, padded (to `width` columns, if more), on `device`."""
-    return collate_padded(*reader.padded("src", indices, width),
-                          *reader.padded("tgt", indices, width), device)  # fmt: skip
+    return collate_padded(
+        *reader.padded("src", indices, width), *reader.padded("tgt", indices, width), device
+    )

@@ -64,8 +64,11 @@ class Updater:
         dist: Distributed,
     ) -> None:
         self.loss_module, self.optimizer, self.device, self.dist = (
-            loss_module, optimizer, device, dist
-        )  # fmt: skip
+            loss_module,
+            optimizer,
+            device,
+            dist,
+        )
         self.clip_norm, self.max_bad_updates = clip_norm, max_bad_updates
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.params = [p for group in optimizer.param_groups for p in group["params"]]

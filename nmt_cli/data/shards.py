@@ -71,8 +71,12 @@ class ShardStats:
     crc32: dict[str, int]  # file name -> CRC-32 of its bytes
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pairs": self.pairs, "src_tokens": self.src_tokens,
-                "tgt_tokens": self.tgt_tokens, "crc32": self.crc32}  # fmt: skip
+        return {
+            "pairs": self.pairs,
+            "src_tokens": self.src_tokens,
+            "tgt_tokens": self.tgt_tokens,
+            "crc32": self.crc32,
+        }
 
 
 def file_crc32(path: Path, chunk: int = 1 << 24) -> int:

@@ -229,8 +229,9 @@ def beam_search(
                 row = int(row_values[2 * K_ + j])
                 cp = None
                 if run.coverage is not None:
-                    cp = coverage_penalty(run.coverage[row : row + 1],
-                                          run.src_mask[row : row + 1], coverage)[0]  # fmt: skip
+                    cp = coverage_penalty(
+                        run.coverage[row : row + 1], run.src_mask[row : row + 1], coverage
+                    )[0]
                 attn = None
                 if run.attention is not None:
                     attn = run.attention[row, :, : src_lengths[b]].clone()  # [t+1, S_b]

@@ -20,9 +20,12 @@ FORMAT = "nmt_cli.ctranslate2"
 FORMAT_VERSION = 1
 _EXPORT = "nmt export CKPT --format ctranslate2 --out DIR"
 EXPORT = FileFormat(
-    FORMAT, FORMAT_VERSION, "CTranslate2 export", f"export again: {_EXPORT}",
+    FORMAT,
+    FORMAT_VERSION,
+    "CTranslate2 export",
+    f"export again: {_EXPORT}",
     CheckpointError,
-)  # fmt: skip
+)
 SOURCE_SPM, TARGET_SPM = "source.spm", "target.spm"
 # The decoding settings the CTranslate2 engine reproduces; the others keep their defaults.
 DECODE_KEYS = ("beam", "alpha", "max_len_a", "max_len_b", "n_best", "batch_tokens")

@@ -115,8 +115,9 @@ class CTranslate2Engine:
         """Batches of about `batch_tokens` tokens, each of one length limit (CTranslate2 takes
         one maximum length per call)."""
         limits = self._limits(ids, order, first_line)
-        return cut_batches(order, ids, self.batch_tokens,
-                           lambda first, i: limits[i] == limits[first])  # fmt: skip
+        return cut_batches(
+            order, ids, self.batch_tokens, lambda first, i: limits[i] == limits[first]
+        )
 
     def search(self, batches: Sequence[Batch]) -> Iterator[list[Translation]]:
         # Submit every batch before waiting for any, so the workers run them in parallel.

@@ -39,10 +39,16 @@ def load_translator(
 
         if threads is not None:
             set_threads(threads)
-        return Translator(TorchEngine.from_checkpoints(
-            models, resolve_device(str(device)), decode_overrides, precision=precision,
-            quantize=quantize, replace_unk=replace_unk,
-        ))  # fmt: skip
+        return Translator(
+            TorchEngine.from_checkpoints(
+                models,
+                resolve_device(str(device)),
+                decode_overrides,
+                precision=precision,
+                quantize=quantize,
+                replace_unk=replace_unk,
+            )
+        )
     if engine != "ctranslate2":
         raise ConfigError(f"--engine {engine}: choose {' or '.join(ENGINES)}")
     if len(models) != 1 or replace_unk or precision not in ("auto", "fp32"):
@@ -52,7 +58,12 @@ def load_translator(
         )
     from nmt_cli.inference.ctranslate2 import CTranslate2Engine
 
-    return Translator(CTranslate2Engine(
-        models[0], decode_overrides, device=str(device), compute_type=quantize or "default",
-        inter_threads=threads,
-    ))  # fmt: skip
+    return Translator(
+        CTranslate2Engine(
+            models[0],
+            decode_overrides,
+            device=str(device),
+            compute_type=quantize or "default",
+            inter_threads=threads,
+        )
+    )

@@ -63,17 +63,32 @@ from nmt_cli.owned_dirs import DirKind, check_destination, made_files, replacing
 
 # Weight types CTranslate2 can store; "none" keeps the checkpoint's float32 weights.
 QUANTIZATIONS = (
-    "none", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
-    "int16", "float16", "bfloat16", "float32",
-)  # fmt: skip
+    "none",
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+)
 # What an export written before nmt_cli.json listed its "files" holds (CTranslate2 names its
 # vocabularies by version and by whether they are shared).
 _LEGACY_FILES = (
-    "model.bin", "config.json", "vocabulary.json", "shared_vocabulary.json",
-    "source_vocabulary.json", "target_vocabulary.json", "vocabulary.txt",
-    "shared_vocabulary.txt", "source_vocabulary.txt", "target_vocabulary.txt",
-    SOURCE_SPM, TARGET_SPM,
-)  # fmt: skip
+    "model.bin",
+    "config.json",
+    "vocabulary.json",
+    "shared_vocabulary.json",
+    "source_vocabulary.json",
+    "target_vocabulary.json",
+    "vocabulary.txt",
+    "shared_vocabulary.txt",
+    "source_vocabulary.txt",
+    "target_vocabulary.txt",
+    SOURCE_SPM,
+    TARGET_SPM,
+)
 EXPORT_DIR = DirKind("export", METADATA, FORMAT, lambda metadata: _LEGACY_FILES)
 
 

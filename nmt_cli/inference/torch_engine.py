@@ -119,12 +119,23 @@ class TorchEngine:
 
     @classmethod
     def in_training(
-        cls, cfg: Config, model: torch.nn.Module, src: Tokenizer, tgt: Tokenizer,
+        cls,
+        cfg: Config,
+        model: torch.nn.Module,
+        src: Tokenizer,
+        tgt: Tokenizer,
         device: torch.device,
-    ) -> TorchEngine:  # fmt: skip
+    ) -> TorchEngine:
         """The model being trained, with the run's decoding settings (for validation BLEU)."""
-        return cls(model, src, tgt, cfg.decode, max_input_tokens=cfg.model.max_len,
-                   device=device, precision=cfg.train.precision)  # fmt: skip
+        return cls(
+            model,
+            src,
+            tgt,
+            cfg.decode,
+            max_input_tokens=cfg.model.max_len,
+            device=device,
+            precision=cfg.train.precision,
+        )
 
     def check_options(self, *, prefixes: bool) -> None:
         """Every option is ours to honour."""
@@ -158,11 +169,27 @@ class TorchEngine:
         src, src_mask = collate_sources(sources, self.device)
         with autocast(self.device, self.precision):
             if self.decode.sampling:
-                return sample_search(self.model, src, src_mask, self.decode, bos=BOS, eos=EOS,
-                                     generator=self.generator, prefixes=prefixes,
-                                     keep_attention=keep_attention)  # fmt: skip
-            return beam_search(self.model, src, src_mask, self.decode, bos=BOS, eos=EOS,
-                               prefixes=prefixes, keep_attention=keep_attention)  # fmt: skip
+                return sample_search(
+                    self.model,
+                    src,
+                    src_mask,
+                    self.decode,
+                    bos=BOS,
+                    eos=EOS,
+                    generator=self.generator,
+                    prefixes=prefixes,
+                    keep_attention=keep_attention,
+                )
+            return beam_search(
+                self.model,
+                src,
+                src_mask,
+                self.decode,
+                bos=BOS,
+                eos=EOS,
+                prefixes=prefixes,
+                keep_attention=keep_attention,
+            )
 
     def _to_translation(self, line: str, src_ids: list[int], hyps: list[Hypothesis]) -> Translation:
         best = hyps[0]

@@ -162,9 +162,11 @@ def encode_sources(
 
 
 def cut_batches(
-    order: list[int], ids: list[list[int]], batch_tokens: int,
+    order: list[int],
+    ids: list[list[int]],
+    batch_tokens: int,
     same_batch: Callable[[int, int], bool] = lambda first, i: True,
-) -> Iterator[list[int]]:  # fmt: skip
+) -> Iterator[list[int]]:
     """Cut length-sorted sentence indices into batches of about `batch_tokens` tokens (with
     each sentence's EOS); `same_batch(first, i)` may also close a batch before sentence i."""
     batch: list[int] = []

@@ -196,14 +196,24 @@ class NTMSeq2Seq(nn.Module):
             hidden, cell = torch.relu(self.controller(inputs)), state.cell
         write, read = self.heads(hidden)
         write_weights = ntm_memory.address(
-            state.memory, state.write_weights, write["key"], write["beta"], write["gate"],
-            write["shift"], write["gamma"],
-        )  # fmt: skip
+            state.memory,
+            state.write_weights,
+            write["key"],
+            write["beta"],
+            write["gate"],
+            write["shift"],
+            write["gamma"],
+        )
         memory = ntm_memory.write(state.memory, write_weights, write["erase"], write["add"])
         read_weights = ntm_memory.address(
-            memory, state.read_weights, read["key"], read["beta"], read["gate"],
-            read["shift"], read["gamma"],
-        )  # fmt: skip
+            memory,
+            state.read_weights,
+            read["key"],
+            read["beta"],
+            read["gate"],
+            read["shift"],
+            read["gamma"],
+        )
         reads = ntm_memory.read(memory, read_weights).flatten(1)  # [B, R*M]
         next_state = NTMState(hidden, cell, memory, read_weights, write_weights, reads)
         return torch.cat([hidden, reads], dim=1), next_state

@@ -445,10 +445,14 @@ class Transformer(nn.Module):
         last = len(self.decoder_layers) - 1
         for i, layer in enumerate(self.decoder_layers):
             x, weights = layer.step(
-                x, keys[i], values[i],
-                state.cross_keys[i], state.cross_values[i], state.key_mask,
+                x,
+                keys[i],
+                values[i],
+                state.cross_keys[i],
+                state.cross_values[i],
+                state.key_mask,
                 need_weights=i == last,
-            )  # fmt: skip
+            )
         next_state = dataclasses.replace(state, self_keys=keys, self_values=values, rows=None)
         logits = self.output(self.decoder_norm(x.squeeze(1)))
         return step_log_probs(logits), next_state, weights
