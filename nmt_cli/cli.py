@@ -302,7 +302,7 @@ def translate(
 ) -> None:
     """Translate lines from stdin (or --input) to stdout (or --output), one line per line."""
     from nmt_cli.outputs import check_directory, check_output, open_output
-    from nmt_cli.streams import read_line_chunks
+    from nmt_cli.streams import STDIN, display_name, open_text, read_line_chunks, stdin_fd
 
     overrides = _decode_overrides(
         beam=beam,
@@ -318,16 +318,28 @@ def translate(
         top_p=top_p,
         seed=seed,
     )
+    source = STDIN if input_ is None else input_
     with user_errors(), contextlib.ExitStack() as stack:
-        stdin_fd = _stdin_fd() if input_ is None else None
-        inputs = [*checkpoints, input_, prefix, stdin_fd]
-        check_output(output, inputs=inputs, option="--output")
+        if str(source) == STDIN and prefix is not None and str(prefix) == STDIN:
+            raise ConfigError("--input and --prefix cannot both read stdin; name a file for one")
+        named = [path for path in (source, prefix) if path is not None]
+        files = [path for path in named if str(path) != STDIN]
+        stdin = stdin_fd() if len(files) < len(named) else None  # one of them reads stdin
+        check_output(output, inputs=[*checkpoints, *files, stdin], option="--output")
         for directory, option in (
             (attention_plot, "--attention-plot"),
             (memory_plot, "--memory-plot"),
         ):
             if directory is not None:
                 check_directory(directory, option)
+        chunks = read_line_chunks(
+            stack.enter_context(open_text(source)), max_lines=1000, name=display_name(source)
+        )
+        prefixes = None
+        if prefix is not None:  # a line iterator, read along with the input
+            prefixes = itertools.chain.from_iterable(
+                read_line_chunks(stack.enter_context(open_text(prefix)), 1000, display_name(prefix))
+            )
         from nmt_cli.inference.engines import load_translator
         from nmt_cli.runtime import keep_freed_memory
 
@@ -345,18 +357,7 @@ def translate(
         )
         if memory_plot is not None and engine != "torch":
             raise ConfigError("--memory-plot needs --engine torch and an ntm checkpoint")
-        if stdin_fd is not None:
-            fd, name = stdin_fd, "stdin"
-        else:
-            fd, name = _open_input(input_, stack), str(input_)
-        prefixes = None
-        if prefix is not None:  # a line iterator, read along with the input
-            prefix_fd = _open_input(prefix, stack)
-            prefixes = itertools.chain.from_iterable(
-                read_line_chunks(prefix_fd, max_lines=1000, name=str(prefix))
-            )
         sink = stack.enter_context(open_output(output))
-        chunks = read_line_chunks(fd, max_lines=1000, name=name)
         results = translator.translate_stream(
             chunks, prefixes=prefixes, keep_attention=print_alignment or bool(attention_plot)
         )
@@ -369,7 +370,9 @@ def translate(
             if sink.live:  # stdout or a FIFO: someone may be waiting for this line
                 sink.flush()
         if prefixes is not None and next(prefixes, None) is not None:
-            raise DataError(f"{prefix} has more lines than the input; give one prefix per line")
+            raise DataError(
+                f"{display_name(prefix)} has more lines than the input; give one prefix per line"
+            )
 
 
 def _format_translation(index: int, result, n_best: bool, alignment: bool) -> str:
@@ -412,24 +415,6 @@ def _plot_memory(translator, result, path: Path) -> None:
         trace.source_steps,
         path,
     )
-
-
-def _stdin_fd() -> int:
-    """fd 0, or one line when the shell closed it (`<&-`): there is nothing to read."""
-    try:
-        fd = sys.stdin.fileno()  # sys.stdin is None when fd 0 was closed at start-up
-        os.fstat(fd)
-    except (AttributeError, OSError, ValueError):
-        raise DataError("stdin is closed; pipe text in or pass --input FILE") from None
-    return fd
-
-
-def _open_input(path: Path, stack: contextlib.ExitStack) -> int:
-    try:
-        handle = stack.enter_context(path.open("rb"))
-    except OSError as exc:
-        raise DataError(f"cannot read {path} ({exc.strerror}); check the path") from None
-    return handle.fileno()
 
 
 @app.command(name="eval")

@@ -8,10 +8,7 @@ tokeniser (13a for BLEU), which is what makes the number comparable across toolk
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import asdict, dataclass, field
-from os import PathLike
 from pathlib import Path
 
 from rich.console import Console
@@ -19,7 +16,7 @@ from rich.table import Table
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 from nmt_cli.errors import DataError
-from nmt_cli.streams import read_line_chunks
+from nmt_cli.streams import read_lines
 
 
 @dataclass
@@ -75,37 +72,6 @@ def check_aligned(lines: list[str], references: list[str], what: str) -> None:
         raise DataError("nothing to score: the reference file is empty; give one line per sentence")
 
 
-def read_lines(path: str | PathLike[str]) -> list[str]:
-    """Read a UTF-8 text file as lines, stripping only the line ending (LF or CRLF).
-
-    Other whitespace is kept: it is part of the text being scored or translated. Lines are
-    read by `nmt_cli.streams` (strict UTF-8 naming the bad line, `MAX_LINE_BYTES` a line), so
-    an endless input such as /dev/zero is an error, not a process that fills memory.
-    """
-    p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise DataError(
-            f"file not found: {p}; check the path (it must be a UTF-8 text file)"
-        ) from None
-    except OSError as e:
-        raise DataError(f"cannot read {p}: {e.strerror}; check its permissions") from None
-    try:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise DataError(
-                f"{p} is a directory; pass a UTF-8 text file with one sentence per line"
-            )
-        lines = [line for chunk in read_line_chunks(fd, 10_000, str(p)) for line in chunk]
-    except OSError as e:
-        raise DataError(f"cannot read {p}: {e.strerror}; check its permissions") from None
-    finally:
-        os.close(fd)
-    if lines and lines[0].startswith("\ufeff"):
-        lines[0] = lines[0][1:]  # a byte-order mark is encoding metadata, not text
-    return lines
-
-
 def render_eval_table(result: EvalResult, console: Console) -> None:
     """Print the scores as a table to `console` (the stderr console, so stdout stays data)."""
     table = Table(title=f"Evaluation ({result.sentences} sentences)")
@@ -148,13 +114,13 @@ def evaluate(
     from nmt_cli.outputs import check_output, open_output
 
     check_output(save_hyp, inputs=(checkpoint, src, ref, hyp), option="--save-hyp")
-    references = read_lines(ref)
+    references = list(read_lines(ref))
     if checkpoint is None:
-        hypotheses = read_lines(hyp)
+        hypotheses = list(read_lines(hyp))
     else:
         from nmt_cli.inference.engines import load_translator
 
-        sources = read_lines(src)
+        sources = list(read_lines(src))
         check_aligned(sources, references, "sources")  # before a translation that would be lost
         translator = load_translator(
             checkpoint,

@@ -3,7 +3,8 @@ import sacrebleu
 from rich.console import Console
 
 from nmt_cli.errors import DataError
-from nmt_cli.evaluate import EvalResult, read_lines, render_eval_table, score
+from nmt_cli.evaluate import EvalResult, render_eval_table, score
+from nmt_cli.streams import read_lines
 
 HYPS = ["the cat sat on the mat .", "a quick brown fox jumps over the dog", "hello world"]
 REFS = [
@@ -46,29 +47,29 @@ def test_mismatched_counts_name_both():
 def test_read_lines_strips_only_newline(tmp_path):
     path = tmp_path / "a.txt"
     path.write_bytes("  a b \nçé\r\n\nlast".encode())
-    assert read_lines(path) == ["  a b ", "çé", "", "last"]
+    assert list(read_lines(path)) == ["  a b ", "çé", "", "last"]
     path.write_bytes(b"x\n")
-    assert read_lines(path) == ["x"]
+    assert list(read_lines(path)) == ["x"]
     path.write_bytes(b"")
-    assert read_lines(path) == []
+    assert list(read_lines(path)) == []
 
 
 def test_read_lines_missing_file(tmp_path):
     with pytest.raises(DataError, match="nope.txt"):
-        read_lines(tmp_path / "nope.txt")
+        list(read_lines(tmp_path / "nope.txt"))
 
 
 def test_read_lines_invalid_utf8_names_line(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"fine\nalso fine\ncaf\xe9\n")
     with pytest.raises(DataError, match=r"bad\.txt: line 3 is not valid UTF-8"):
-        read_lines(path)
+        list(read_lines(path))
 
 
 def test_read_lines_stops_at_an_endless_line() -> None:
     """/dev/zero has no newline: one error after MAX_LINE_BYTES, not a process filling memory."""
     with pytest.raises(DataError, match=r"/dev/zero: line 1 is longer than 1 MiB"):
-        read_lines("/dev/zero")
+        list(read_lines("/dev/zero"))
 
 
 def test_render_table_goes_to_given_console():

@@ -418,11 +418,11 @@ def test_lines_up_to_the_limit_are_read_whole(tmp_path: Path) -> None:
     longest = b"b" * MAX_LINE_BYTES
     path.write_bytes(b"x\n" + longest + b"\n" + longest)  # the last line has no newline
     with path.open("rb") as handle:
-        lines = [line for chunk in read_line_chunks(handle.fileno(), 1000, "t") for line in chunk]
+        lines = [line for chunk in read_line_chunks(handle, 1000, "t") for line in chunk]
     assert [len(line) for line in lines] == [1, MAX_LINE_BYTES, MAX_LINE_BYTES]
     path.write_bytes(b"x\n" * 3 + longest + b"b\n")
     with path.open("rb") as handle, pytest.raises(DataError, match="t: line 4 is longer"):
-        list(read_line_chunks(handle.fileno(), 1000, "t"))
+        list(read_line_chunks(handle, 1000, "t"))
 
 
 def test_a_closed_stdin_is_one_line(checkpoint) -> None:

@@ -12,22 +12,19 @@ filtered, since each line must stay aligned with its reference.
 
 from __future__ import annotations
 
-import gzip
 import re
 import unicodedata
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from nmt_cli.config import CleanConfig, SourceConfig
 from nmt_cli.data.algorithmic import TASKS, generate
 from nmt_cli.errors import ConfigError, DataError
+from nmt_cli.streams import read_lines
 
 Pair = tuple[str, str]
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _SGML_SUFFIXES = (".sgm", ".xml")
 # WMT .sgm files are often not well-formed XML (bare `&`, unclosed tags), so segments are
 # found line by line with a regex instead of an XML parser.
@@ -107,62 +104,19 @@ def iter_pairs(source: SourceConfig, src_lang: str, tgt_lang: str) -> Iterator[P
     return hf_pairs(source, src_lang, tgt_lang)
 
 
-def read_lines(path: Path) -> Iterator[str]:
-    """Lines of a text file (plain, gzipped, or the segments of a WMT SGML file), newline-free.
+def _side_lines(path: Path) -> Iterator[str]:
+    """The sentences of one side: a text file's lines or a WMT SGML file's segments.
 
-    Files are read in binary and decoded strictly, so a Latin-1 file fails loudly at the
+    Files are decoded strictly (`nmt_cli.streams`), so a Latin-1 file fails loudly at the
     first bad line instead of becoming mojibake in the vocabulary.
     """
-    name = path.name.lower().removesuffix(".gz")
-    if name.endswith(_SGML_SUFFIXES):
+    if path.name.lower().removesuffix(".gz").endswith(_SGML_SUFFIXES):
         return _sgml_segments(path)
-    return _text_lines(path)
-
-
-def _open(path: Path) -> BinaryIO:
-    """Open a file in binary, transparently gunzipping by magic bytes rather than by suffix."""
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "not found"
-        raise DataError(f"{path}: {what}; check the path in the recipe")
-    try:
-        with open(path, "rb") as probe:
-            magic = probe.read(2)
-        return gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")
-    except OSError as exc:
-        raise DataError(
-            f"{path}: cannot read ({exc.strerror or exc}); check its permissions"
-        ) from None
-
-
-def _decoded(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, decoded line without its line ending)."""
-    n = 0
-    try:
-        with _open(path) as handle:
-            for n, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise DataError(
-                        f"{path}: line {n} is not valid UTF-8; re-encode the file as UTF-8 "
-                        f"(e.g. iconv -f latin1 -t utf-8)"
-                    ) from None
-                if n == 1:
-                    line = line.removeprefix("\ufeff")  # a byte-order mark is not text
-                yield n, line.rstrip("\r\n")
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(
-            f"{path}: corrupt gzip data after line {n} ({exc}); re-download it"
-        ) from None
-
-
-def _text_lines(path: Path) -> Iterator[str]:
-    for _, line in _decoded(path):
-        yield line
+    return read_lines(path)
 
 
 def _sgml_segments(path: Path) -> Iterator[str]:
-    for _, line in _decoded(path):
+    for line in read_lines(path):
         for match in _SEG.finditer(line):
             yield unescape_xml(match.group(1))
 
@@ -191,7 +145,7 @@ def _parallel(src_path: Path, tgt_path: Path) -> Iterator[Pair]:
     The longer file is read to its end so the error can give both counts, which tells the
     user whether a few lines were lost or the wrong file was paired.
     """
-    src_lines, tgt_lines = read_lines(src_path), read_lines(tgt_path)
+    src_lines, tgt_lines = _side_lines(src_path), _side_lines(tgt_path)
     unit = (
         "segments"
         if src_path.name.lower().removesuffix(".gz").endswith(_SGML_SUFFIXES)
@@ -220,7 +174,7 @@ def _mismatch(
 
 
 def _tsv(path: Path) -> Iterator[Pair]:
-    for n, line in _decoded(path):
+    for n, line in enumerate(read_lines(path), start=1):
         tabs = line.count("\t")
         if tabs != 1:
             raise DataError(
