@@ -31,16 +31,36 @@ _MAX_LINE = MAX_LINE_BYTES >> 20  # MiB, for --input's help
 MAX_PROCESSES = 256  # `train --nproc`: one machine's GPUs (or cores), not a fork bomb
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Neural machine translation: preprocess, train, translate, evaluate.",
 )
 
 SetOption = Annotated[
     Optional[list[str]],  # noqa: UP045 - typer needs Optional here
     typer.Option("--set", help="Override a recipe value: section.key=value (repeatable)."),
 ]
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        import nmt_cli
+
+        print(f"nmt_cli {nmt_cli.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _program(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Neural machine translation: preprocess, train, translate, evaluate."""
+
+
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 # How `nmt translate` and `nmt eval` decode (`nmt_cli.inference.engines.load_translator`).
 EngineOption = Annotated[
@@ -285,7 +305,11 @@ def translate(
         bool, typer.Option("--print-alignment", help="Append a TAB and i-j word alignments.")
     ] = False,
     attention_plot: Annotated[
-        Path | None, typer.Option("--attention-plot", help="Write one heatmap PNG per line here.")
+        Path | None,
+        typer.Option(
+            "--attention-plot",
+            help="Write one heatmap PNG per line here (with --n-best, per hypothesis: LINE-RANK).",
+        ),
     ] = None,
     memory_plot: Annotated[
         Path | None,
@@ -364,7 +388,7 @@ def translate(
         for index, result in enumerate(results):
             sink.write(_format_translation(index, result, n_best is not None, print_alignment))
             if attention_plot is not None:
-                _plot_attention(result, attention_plot / f"{index + 1:06d}.png")
+                _plot_attention(result, attention_plot, index + 1, n_best is not None)
             if memory_plot is not None:
                 _plot_memory(translator, result, memory_plot / f"{index + 1:06d}.png")
             if sink.live:  # stdout or a FIFO: someone may be waiting for this line
@@ -376,28 +400,41 @@ def translate(
 
 
 def _format_translation(index: int, result, n_best: bool, alignment: bool) -> str:
-    """One line (or n-best TSV lines) for `result`, with its word alignment if asked."""
+    """One line (or n-best TSV lines) for `result`, each with its own word alignment if asked."""
     from nmt_cli.inference.alignment import hard_alignment
 
-    links = ""
-    if alignment:
-        links = "\t" + (
-            hard_alignment(result.attention, result.src_pieces[:-1], result.out_pieces[:-1])
-            if result.attention is not None
-            else ""
-        )
+    def links(candidate) -> str:
+        if not alignment:
+            return ""
+        if candidate.attention is None:
+            return "\t"
+        pieces = (result.src_pieces[:-1], candidate.out_pieces[:-1])
+        return "\t" + hard_alignment(candidate.attention, *pieces)
+
     if n_best:
-        return "".join(f"{index}\t{score:.4f}\t{text}{links}\n" for text, score in result.nbest)
-    return f"{result.text}{links}\n"
+        return "".join(f"{index}\t{c.score:.4f}\t{c.text}{links(c)}\n" for c in result.nbest)
+    return f"{result.text}{links(result.nbest[0])}\n"
 
 
-def _plot_attention(result, path: Path) -> None:
-    """One heatmap per line; an empty line has nothing to draw."""
+def _plot_attention(result, directory: Path, line: int, n_best: bool) -> None:
+    """One heatmap per line, or with --n-best one per hypothesis (`LINE-RANK.png`), titled
+    with its line, rank and score; an empty line has nothing to draw."""
     from nmt_cli.plots import save_attention_heatmap
 
-    if result.attention is None:
-        return
-    save_attention_heatmap(result.attention.numpy(), result.src_pieces, result.out_pieces, path)
+    for rank, candidate in enumerate(result.nbest, start=1):
+        if candidate.attention is None:
+            continue
+        name = f"{line:06d}-{rank}.png" if n_best else f"{line:06d}.png"
+        title = (
+            f"line {line}, hypothesis {rank} of {len(result.nbest)}, score {candidate.score:.4f}"
+        )
+        save_attention_heatmap(
+            candidate.attention.numpy(),
+            result.src_pieces,
+            candidate.out_pieces,
+            directory / name,
+            title=title,
+        )
 
 
 def _plot_memory(translator, result, path: Path) -> None:
@@ -427,8 +464,63 @@ def eval_(
         ),
     ] = None,
     src: Annotated[Path | None, typer.Option(help="Source file to translate.")] = None,
-    hyp: Annotated[Path | None, typer.Option(help="Existing translations to score.")] = None,
-    ref: Annotated[Path, typer.Option(help="Reference translations.")] = ...,
+    hyp: Annotated[
+        Path | None, typer.Option("--hyp", "-i", help="Translations to score (- for stdin).")
+    ] = None,
+    refs: Annotated[
+        list[Path],
+        typer.Option("--ref", "-r", help="Reference file; repeat it for several references."),
+    ] = ...,  # type: ignore[assignment]  # required
+    metrics: Annotated[
+        list[str] | None,
+        typer.Option("--metrics", "-m", help="bleu, chrf, ter (repeatable; default all three)."),
+    ] = None,
+    tokenize: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenize",
+            help="BLEU's tokenizer, one of sacreBLEU's: 13a, intl, zh, ja-mecab, ko-mecab, "
+            "char, none, flores200, ... (default: sacreBLEU's choice for the target language: "
+            "zh, ja-mecab, ko-mecab, else 13a).",
+        ),
+    ] = None,
+    language_pair: Annotated[
+        str | None,
+        typer.Option(
+            "--language-pair",
+            "-l",
+            help="SRC-TGT, e.g. en-zh: picks the tokenizer as sacreBLEU does.",
+        ),
+    ] = None,
+    lowercase: Annotated[
+        bool, typer.Option("--lowercase", "-lc", help="Case-insensitive BLEU (as sacreBLEU's).")
+    ] = False,
+    chrf_word_order: Annotated[
+        int, typer.Option("--chrf-word-order", "-cw", help="2 for chrF++.", min=0, max=6)
+    ] = 0,
+    confidence: Annotated[
+        bool, typer.Option("--confidence", "-ci", help="95% confidence intervals (bootstrap).")
+    ] = False,
+    confidence_n: Annotated[
+        int, typer.Option("--confidence-n", help="Bootstrap resamples.", min=2, max=1_000_000)
+    ] = 1000,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="A baseline system's translations, for --paired-bs or --paired-ar."),
+    ] = None,
+    paired_bs: Annotated[
+        bool, typer.Option("--paired-bs", help="Paired bootstrap resampling against --baseline.")
+    ] = False,
+    paired_ar: Annotated[
+        bool,
+        typer.Option("--paired-ar", help="Paired approximate randomization against --baseline."),
+    ] = False,
+    paired_n: Annotated[
+        int,
+        typer.Option(
+            "--paired-n", help="Resamples or trials (default: 1000 for bs, 10000 for ar).", min=0
+        ),
+    ] = 0,
     beam: Annotated[int | None, typer.Option(help="Beam size (1 = greedy).")] = None,
     alpha: Annotated[float | None, typer.Option(help="GNMT length penalty.")] = None,
     batch_tokens: Annotated[int | None, typer.Option("--batch-tokens")] = None,
@@ -448,16 +540,22 @@ def eval_(
     with user_errors():
         if (checkpoint is None) == (hyp is None) or (checkpoint is not None) != (src is not None):
             raise ConfigError("give either CHECKPOINT --src F --ref F, or --hyp F --ref F")
+        options = _score_options(
+            metrics, tokenize, language_pair, lowercase, chrf_word_order, confidence, confidence_n
+        )
+        options = _paired_options(options, baseline, paired_bs, paired_ar, paired_n)
         if checkpoint is not None and engine == "torch":
             from nmt_cli.runtime import keep_freed_memory
 
             keep_freed_memory()  # for the decoding; scoring --hyp decodes nothing
         overrides = _decode_overrides(beam=beam, alpha=alpha, batch_tokens=batch_tokens)
         result = evaluate(
-            ref=ref,
+            refs=refs,
             hyp=hyp,
             checkpoint=checkpoint,
             src=src,
+            options=options,
+            baseline=baseline,
             device=device,
             decode_overrides=overrides,
             save_hyp=save_hyp,
@@ -469,6 +567,49 @@ def eval_(
     render_eval_table(result, console)
     if json_:
         print(json.dumps(result.to_dict()))
+
+
+def _score_options(
+    metrics, tokenize, language_pair, lowercase, chrf_word_order, confidence, confidence_n
+):
+    """sacreBLEU's options from `nmt eval`'s, each checked in one line."""
+    from nmt_cli.evaluate import METRICS, TOKENIZERS, ScoreOptions
+
+    chosen = tuple(dict.fromkeys(metrics or METRICS))
+    for metric in chosen:
+        if metric not in METRICS:
+            raise ConfigError(f"--metrics {metric}: choose from {', '.join(METRICS)}")
+    if tokenize is not None and tokenize not in TOKENIZERS:
+        raise ConfigError(f"--tokenize {tokenize}: choose from {', '.join(TOKENIZERS)}")
+    trg_lang = ""
+    if language_pair is not None:
+        parts = language_pair.split("-")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--language-pair {language_pair}: write it SRC-TGT, e.g. en-zh")
+        trg_lang = parts[1]
+    return ScoreOptions(
+        metrics=chosen,
+        tokenize=tokenize,
+        trg_lang=trg_lang,
+        lowercase=lowercase,
+        chrf_word_order=chrf_word_order,
+        confidence=confidence,
+        confidence_n=confidence_n,
+    )
+
+
+def _paired_options(options, baseline, paired_bs, paired_ar, paired_n):
+    """The paired test of `options`: both flags, or one without a baseline, is one line."""
+    import dataclasses
+
+    if paired_bs and paired_ar:
+        raise ConfigError("--paired-bs and --paired-ar exclude each other; choose one test")
+    test = "bs" if paired_bs else "ar" if paired_ar else None
+    if (test is None) != (baseline is None):
+        raise ConfigError("a paired test needs both --baseline FILE and --paired-bs or --paired-ar")
+    if test is not None and options.confidence:
+        raise ConfigError("--confidence is for one system; a paired test reports its own intervals")
+    return dataclasses.replace(options, paired=test, paired_n=paired_n)
 
 
 @app.command()
@@ -493,7 +634,7 @@ def main() -> None:
     """The `nmt` program. A mistyped option value (`--seed 1e23`) is one `error:` line and
     exit 2, like every other input error, instead of click's framed usage box."""
     try:
-        exit_code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
+        exit_code = app(args=sys.argv[1:] or ["--help"], prog_name="nmt", standalone_mode=False)
     except UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "nmt"
         message = " ".join(exc.format_message().split()).rstrip(".")  # click wraps long ones

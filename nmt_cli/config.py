@@ -77,6 +77,11 @@ class CleanConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The corpora of each split. Relative `src`, `tgt` and `tsv` paths are read from `root`
+    (default: the working directory), so one `--set data.root=DIR` points a recipe at
+    wherever its files were downloaded."""
+
+    root: str = ""
     src_lang: str = "src"
     tgt_lang: str = "tgt"
     train: tuple[SourceConfig, ...] = ()
@@ -239,6 +244,9 @@ class TrainConfig:
     keep_last: int = bounded(3, STEPS)
     patience: int = bounded(10, STEPS)
     best_metric: str = "bleu"  # bleu | loss: the validation figure that picks best.pt
+    # sacreBLEU's tokenizer for validation BLEU; "": its choice for data.tgt_lang (zh for
+    # Chinese, ja-mecab, ko-mecab, else 13a)
+    bleu_tokenize: str = ""
     precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (auto: bf16 where native)
     threads: int = bounded(0, Range(0, 4096))  # 0: leave torch's default
     # stop after this many non-finite losses in a row
@@ -373,6 +381,10 @@ def validate(cfg: Config) -> None:
         "train.best_metric": (cfg.train.best_metric, ("bleu", "loss")),
         "train.precision": (cfg.train.precision, PRECISIONS),
     }
+    if cfg.train.bleu_tokenize:
+        from sacrebleu.metrics import BLEU  # only then: a plain recipe loads without it
+
+        choices["train.bleu_tokenize"] = (cfg.train.bleu_tokenize, tuple(BLEU.TOKENIZERS))
     if isinstance(cfg.model, RNNModelConfig):
         choices["model.bidirectional"] = (cfg.model.bidirectional, ("all", "bottom", "none"))
         choices["model.attention"] = (cfg.model.attention, ("dot", "general", "concat", "none"))

@@ -19,6 +19,7 @@ from rich.table import Table
 from nmt_cli.config import config_from_dict
 from nmt_cli.data.dates import split_dates, write_pairs
 from nmt_cli.inference.engines import load_translator
+from nmt_cli.outputs import prepare_directory
 from nmt_cli.plots import save_attention_grid
 from nmt_cli.preprocess import preprocess
 from nmt_cli.train import train
@@ -98,6 +99,7 @@ def run_demo(out_dir: Path, seed: int = 1, show_progress: bool = True) -> DemoRe
     started = time.perf_counter()
     out_dir = Path(out_dir)
     cfg = config_from_dict(demo_recipe(out_dir / "corpus", seed))  # checks --seed first
+    prepare_directory(out_dir, "--out")  # one line, before any work, if it cannot be made
     splits = split_dates(**SPLIT_SIZES, seed=seed)
     for name, pairs in splits.items():
         write_pairs(pairs, out_dir / "corpus" / f"{name}.src", out_dir / "corpus" / f"{name}.tgt")

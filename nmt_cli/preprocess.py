@@ -12,6 +12,7 @@ never replaced: the manifest lists the files a re-run may replace.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import shutil
@@ -30,6 +31,7 @@ from nmt_cli.data.corpus import (
     check_source,
     clean_pairs,
     iter_pairs,
+    located,
     normalized_pairs,
 )
 from nmt_cli.data.shards import (
@@ -67,6 +69,7 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 def preprocess(cfg: Config, out_dir: Path, show_progress: bool = True) -> PreprocessResult:
     """Build a data dir (manifest, tokenizer model(s), shards, valid/test text) at `out_dir`."""
     start = time.perf_counter()
+    cfg = dataclasses.replace(cfg, data=located(cfg.data))
     data = cfg.data
     if not data.train:
         raise ConfigError("data.train is empty; add a source")

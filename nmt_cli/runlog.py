@@ -110,13 +110,14 @@ class RunLog:
             console.print(escape(message), highlight=False, soft_wrap=True)
             self._write("train.log", f"{_now()} {message}\n")
 
-    def record(self, step: int, entry: dict[str, float]) -> None:
+    def record(self, step: int, entry: dict[str, float | str]) -> None:
         if not self.enabled:
             return
         self._write("metrics.jsonl", json.dumps({"step": step, "time": _now(), **entry}) + "\n")
         if self.writer is not None:
             for name, value in entry.items():
-                self.writer.add_scalar(name, value, step)
+                if isinstance(value, int | float):  # not the BLEU signature
+                    self.writer.add_scalar(name, value, step)
         if "loss" in entry:
             self.bar.update(
                 self.task,

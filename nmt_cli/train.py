@@ -67,6 +67,13 @@ def banner(trainer: Trainer, start: str) -> list[str]:
     params = sum(p.numel() for p in trainer.model.parameters())
     train_split = splits["train"]
     preset = f" {cfg.model.preset}" if getattr(cfg.model, "preset", None) else ""
+    why = (
+        "train.bleu_tokenize"
+        if t.bleu_tokenize
+        else (
+            f"sacreBLEU's for target language {cfg.data.tgt_lang}; train.bleu_tokenize sets another"
+        )
+    )
     return [
         start,
         f"model: {cfg.model.type}{preset}, {params:,} parameters",
@@ -79,6 +86,7 @@ def banner(trainer: Trainer, start: str) -> list[str]:
         f"{train_split['tgt_tokens']:,} subwords), "
         f"{splits.get('valid', {}).get('pairs', 0):,} validation pairs, vocabulary "
         f"{trainer.src_tok.vocab_size:,} / {trainer.tgt_tok.vocab_size:,}",
+        f"validation BLEU: sacreBLEU, tokenizer {trainer.bleu.tokenizer.signature()} ({why})",
     ]
 
 

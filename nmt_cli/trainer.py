@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sacrebleu
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -33,6 +32,7 @@ from nmt_cli.data.batching import collate_padded, plan_batches, too_long
 from nmt_cli.data.shards import ShardReader, load_tokenizers, read_manifest
 from nmt_cli.distributed import SINGLE_PROCESS, Distributed
 from nmt_cli.errors import CheckpointError, ConfigError, TrainingError
+from nmt_cli.evaluate import validation_bleu
 from nmt_cli.inference.torch_engine import TorchEngine
 from nmt_cli.inference.translator import Translator
 from nmt_cli.loss import TokenLoss
@@ -91,6 +91,7 @@ class Trainer:
             lengths = (self.valid_data.src_lengths, self.valid_data.tgt_lengths)
             self.valid_batches, _ = plan_batches(*lengths, cfg.train.batch_tokens).epoch(0, 0)
         self.langs = (self.manifest["src_lang"], self.manifest["tgt_lang"])
+        self.bleu = validation_bleu(cfg.train.bleu_tokenize, self.langs[1])
         if self.valid_data is not None:  # on every process: all must stop, not only rank 0
             valid_text = data_dir / f"valid.{self.langs[0]}"
             check_valid_lengths(self.valid_data, cfg.model.max_len, valid_text)
@@ -340,7 +341,7 @@ class Trainer:
             for share_rank, share in enumerate(shares):
                 hyps[share_rank::world] = share
             refs = (self.data_dir / f"valid.{tgt_lang}").read_text(encoding="utf-8").splitlines()
-            bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
+            bleu = self.bleu.corpus_score(hyps, [refs]).score
         return {"valid_loss": total / max(count, 1), "valid_bleu": bleu}
 
     def judge(self, metrics: dict[str, float]) -> tuple[bool, bool]:
@@ -368,7 +369,7 @@ class Trainer:
         metrics = self.validate()
         improved = early_stop = False
         if self.dist.is_main:
-            record(metrics)
+            record({**metrics, "valid_bleu_signature": self.bleu.get_signature().format()})
             improved, early_stop = self.judge(metrics)
         early_stop = self.dist.broadcast_flag(early_stop)
         if self.dist.is_main:

@@ -95,8 +95,8 @@ def test_round_trip_gives_identical_outputs(saved) -> None:
     in_memory = Translator(TorchEngine.in_training(
         trainer.cfg, trainer.model, trainer.src_tok, trainer.tgt_tok, torch.device("cpu")
     ))  # fmt: skip
-    got = [(t.text, t.nbest) for t in from_file.translate(sources)]
-    assert got == [(t.text, t.nbest) for t in in_memory.translate(sources)]
+    got = [[(c.text, c.score) for c in t.nbest] for t in from_file.translate(sources)]
+    assert got == [[(c.text, c.score) for c in t.nbest] for t in in_memory.translate(sources)]
 
 
 def test_inference_only_file_has_no_train_state(saved, tmp_path: Path) -> None:

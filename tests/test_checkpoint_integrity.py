@@ -138,7 +138,7 @@ def run_translate(path: Path, trained, tmp_path: Path) -> None:
 
 def run_eval(path: Path, trained, tmp_path: Path) -> None:
     corpus = trained.corpus
-    evaluate(ref=corpus.path("test", "tgt"), checkpoint=path, src=corpus.path("test", "src"),
+    evaluate(refs=[corpus.path("test", "tgt")], checkpoint=path, src=corpus.path("test", "src"),
              device="cpu")  # fmt: skip
 
 

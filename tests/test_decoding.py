@@ -102,8 +102,8 @@ def test_ensemble_of_one_model_twice_equals_the_model(checkpoint: Path, trained)
     single = load_translator(checkpoint, CPU, {"beam": 3, "n_best": 2})
     double = load_translator([checkpoint, checkpoint], CPU, {"beam": 3, "n_best": 2})
     for a, b in zip(single.translate(lines), double.translate(lines), strict=True):
-        assert [t for t, _ in a.nbest] == [t for t, _ in b.nbest]
-        assert [s for _, s in a.nbest] == pytest.approx([s for _, s in b.nbest], abs=1e-5)
+        assert [c.text for c in a.nbest] == [c.text for c in b.nbest]
+        assert [c.score for c in a.nbest] == pytest.approx([c.score for c in b.nbest], abs=1e-5)
     steps = sorted(trained.run_dir.glob("step-*.pt"))
     mixed = load_translator([checkpoint, *steps], CPU)
     assert [t.text for t in mixed.translate(lines)] == [reverse(line) for line in lines]

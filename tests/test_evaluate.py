@@ -3,7 +3,7 @@ import sacrebleu
 from rich.console import Console
 
 from nmt_cli.errors import DataError
-from nmt_cli.evaluate import EvalResult, render_eval_table, score
+from nmt_cli.evaluate import render_eval_table, score
 from nmt_cli.streams import read_lines
 
 HYPS = ["the cat sat on the mat .", "a quick brown fox jumps over the dog", "hello world"]
@@ -17,16 +17,16 @@ REFS = [
 def test_identical_text_scores_perfectly():
     result = score(REFS, REFS)
     assert result.bleu == pytest.approx(100.0)
-    assert result.chrf == pytest.approx(100.0)
-    assert result.ter == pytest.approx(0.0)
+    assert result.scores["chrf"].score == pytest.approx(100.0)
+    assert result.scores["ter"].score == pytest.approx(0.0)
     assert result.sentences == 3
 
 
 def test_matches_sacrebleu_directly():
     result = score(HYPS, REFS)
     assert result.bleu == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
-    assert result.chrf == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS]).score)
-    assert result.ter == pytest.approx(sacrebleu.corpus_ter(HYPS, [REFS]).score)
+    assert result.scores["chrf"].score == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS]).score)
+    assert result.scores["ter"].score == pytest.approx(sacrebleu.corpus_ter(HYPS, [REFS]).score)
     assert 0 < result.bleu < 100
     assert result.bleu_detail.startswith("BLEU = ")
     assert "tok:13a" in result.signature["bleu"] and "case:mixed" in result.signature["bleu"]
@@ -74,6 +74,6 @@ def test_read_lines_stops_at_an_endless_line() -> None:
 
 def test_render_table_goes_to_given_console():
     console = Console(record=True, width=200)
-    render_eval_table(EvalResult(**score(HYPS, REFS).to_dict()), console)
+    render_eval_table(score(HYPS, REFS), console)
     text = console.export_text()
     assert "BLEU" in text and "chrF2" in text and "TER" in text and "tok:13a" in text

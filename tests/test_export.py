@@ -24,6 +24,7 @@ from nmt_cli.data.shards import load_tokenizers
 from nmt_cli.data.tokenizer import BOS, EOS
 from nmt_cli.errors import CheckpointError, ConfigError, DataError
 from nmt_cli.models import build_model
+from tests.test_alignment import assert_nbest_alignments_fit
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
@@ -154,8 +155,10 @@ def test_translations_equal_ours(settings: dict, trained_transformer: Path, expo
     assert sum(progress) == len(lines)
     assert [t.text for t in got] == [t.text for t in expected]
     for mine, theirs in zip(got, expected, strict=True):
-        assert [text for text, _ in mine.nbest] == [text for text, _ in theirs.nbest]
-        for (_, a), (_, b) in zip(mine.nbest, theirs.nbest, strict=True):
+        assert [c.text for c in mine.nbest] == [c.text for c in theirs.nbest]
+        for a, b in zip(
+            (c.score for c in mine.nbest), (c.score for c in theirs.nbest), strict=True
+        ):
             assert a == pytest.approx(b, abs=1e-4)
     # A sanity check that the comparison ran on a trained model: 39-49 of the 50 are solved,
     # depending on the seed (and on rounding in Adam and the loss); an untrained model solves
@@ -186,7 +189,7 @@ def test_a_limit_of_one_step_gives_empty_lines(trained_transformer: Path, export
     got = Translator(CTranslate2Engine(exported, settings)).translate(lines)
     assert [t.text for t in got] == [""] * 5
     for mine, theirs in zip(got, ours.translate(lines), strict=True):
-        assert mine.nbest[0][1] == pytest.approx(theirs.nbest[0][1], abs=1e-4)
+        assert mine.nbest[0].score == pytest.approx(theirs.nbest[0].score, abs=1e-4)
 
 
 def test_int8_export_translates(trained_transformer: Path, exported: Path, corpus,
@@ -286,6 +289,19 @@ def test_cli_engine_ctranslate2_equals_the_torch_engine(
                        *common])  # fmt: skip
     assert refused.returncode == 1 and "--engine torch" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_each_nbest_hypothesis_has_its_own_alignment_on_both_engines(
+    trained_transformer: Path, exported: Path, corpus, run_nmt, tmp_path: Path
+) -> None:
+    sources = [s for s, _ in corpus.test[:12]]
+    src = tmp_path / "test.src"
+    src.write_text("".join(s + "\n" for s in sources), encoding="utf-8")
+    common = ["-i", str(src), "--beam", "4", "--n-best", "4", "--print-alignment"]
+    for model, engine in ((trained_transformer, "torch"), (exported, "ctranslate2")):
+        done = run_nmt(["translate", str(model), "--engine", engine, "--device", "cpu", *common])
+        assert done.returncode == 0, done.stderr
+        assert_nbest_alignments_fit(done.stdout, sources, 4)
 
 
 def test_eval_scores_an_export_as_it_scores_the_checkpoint(

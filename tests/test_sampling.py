@@ -31,7 +31,7 @@ def test_sampling_is_seeded_and_reproducible(checkpoint: Path) -> None:
     def sample(seed: int) -> list[list[str]]:
         overrides = {"sampling": True, "n_best": 3, "temperature": 3.0, "seed": seed}
         translator = load_translator(checkpoint, CPU, overrides)
-        return [[text for text, _ in t.nbest] for t in translator.translate(lines)]
+        return [[c.text for c in t.nbest] for t in translator.translate(lines)]
 
     assert sample(1) == sample(1)
     assert sample(1) != sample(2)  # at temperature 3 the draws differ

@@ -40,8 +40,8 @@ def test_batch_size_does_not_change_results(checkpoint: Path, beam: int) -> None
 
     one_by_one, all_at_once = run(1), run(10_000)
     for a, b in zip(one_by_one, all_at_once, strict=True):
-        assert [text for text, _ in a.nbest] == [text for text, _ in b.nbest]
-        assert [s for _, s in a.nbest] == pytest.approx([s for _, s in b.nbest], abs=1e-5)
+        assert [c.text for c in a.nbest] == [c.text for c in b.nbest]
+        assert [c.score for c in a.nbest] == pytest.approx([c.score for c in b.nbest], abs=1e-5)
 
 
 def test_stream_numbers_lines_across_chunks(translator: Translator) -> None:

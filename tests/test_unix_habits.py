@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,29 @@ def test_a_missing_input_fails_before_the_model_loads(checkpoint, tmp_path, run_
 def test_input_and_prefix_cannot_both_be_stdin(checkpoint, run_nmt) -> None:
     done = run_nmt(["translate", str(checkpoint), "-i", "-", "--prefix", "-"], stdin=b"a b\n")
     assert_one_line_error(done.returncode, done.stderr, "cannot both read stdin")
+
+
+def test_version_and_shell_completion(run_nmt) -> None:
+    import nmt_cli
+
+    done = run_nmt(["--version"])
+    assert (done.returncode, done.stdout) == (0, f"nmt_cli {nmt_cli.__version__}\n")
+    env = {
+        **os.environ,
+        "_NMT_COMPLETE": "complete_bash",
+        "COMP_WORDS": "nmt tr",
+        "COMP_CWORD": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "from nmt_cli.cli import main; main()"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.split() == ["train", "translate"], done.stderr
+
+
+def test_an_output_directory_that_cannot_be_made_is_one_line_before_work(tmp_path, run_nmt):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep\n")
+    done = run_nmt(["demo", "--out", str(a_file / "demo")])
+    assert_one_line_error(done.returncode, done.stderr, str(a_file / "demo"), "not a directory")
+    assert a_file.read_text() == "keep\n"

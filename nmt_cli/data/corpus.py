@@ -12,13 +12,14 @@ filtered, since each line must stay aligned with its reference.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nmt_cli.config import CleanConfig, SourceConfig
+from nmt_cli.config import CleanConfig, DataConfig, SourceConfig
 from nmt_cli.data.algorithmic import TASKS, generate
 from nmt_cli.errors import ConfigError, DataError
 from nmt_cli.streams import read_lines
@@ -31,6 +32,27 @@ _SGML_SUFFIXES = (".sgm", ".xml")
 _SEG = re.compile(r"<seg\b[^>]*>(.*?)</seg\s*>", re.IGNORECASE)
 _ENTITY = re.compile(r"&(amp|lt|gt|quot|apos|#[0-9]+|#[xX][0-9a-fA-F]+);")
 _NAMED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+def located(data: DataConfig) -> DataConfig:
+    """`data` with its relative local paths joined to `data.root` (and the root then spent,
+    so locating twice changes nothing): what the manifest records as read."""
+    if not data.root:
+        return data
+
+    def locate(source: SourceConfig) -> SourceConfig:
+        paths = {
+            name: str(Path(data.root) / value)
+            for name in ("src", "tgt", "tsv")
+            if (value := getattr(source, name)) is not None
+        }
+        return dataclasses.replace(source, **paths)
+
+    return dataclasses.replace(
+        data,
+        root="",
+        **{split: tuple(map(locate, getattr(data, split))) for split in ("train", "valid", "test")},
+    )
 
 
 def check_source(source: SourceConfig) -> str:
@@ -63,7 +85,10 @@ def check_source(source: SourceConfig) -> str:
     for path in (source.src, source.tgt, source.tsv):
         if path is not None and not Path(path).is_file():
             what = "is a directory, not a file" if Path(path).is_dir() else "not found"
-            raise DataError(f"{path}: {what}; check the path in the recipe")
+            raise DataError(
+                f"{path}: {what}; check the path in the recipe, or the directory relative "
+                "paths are read from (--set data.root=DIR)"
+            )
     return kinds[0]
 
 

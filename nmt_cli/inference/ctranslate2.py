@@ -41,7 +41,7 @@ from nmt_cli.decode import max_output_lengths
 from nmt_cli.decode.beam import length_penalty
 from nmt_cli.errors import CheckpointError, ConfigError, first_line, show
 from nmt_cli.inference.ct2_format import DECODE_KEYS, METADATA, import_ctranslate2, read_metadata
-from nmt_cli.inference.translator import Batch, Translation, cut_batches
+from nmt_cli.inference.translator import Batch, Candidate, Translation, cut_batches
 
 # CTranslate2's length penalty when alpha is 0 (see the module docstring, point 1): small
 # enough that its pre-selection ranks like raw log-probabilities, as ours does.
@@ -72,6 +72,7 @@ class CTranslate2Engine:
         self.tgt_tokenizer = Tokenizer.from_file(model_dir / metadata["target_spm"])
         self.decode = decode_settings(metadata["decode"], decode_overrides or {})
         self.max_input_tokens: int = metadata["max_input_tokens"]
+        self.target_lang: str = metadata.get("tgt_lang", "")  # absent in early exports
         self.max_positions: int = metadata["max_positions"]
         self._eos_piece = self.tgt_tokenizer.id_to_piece(EOS)
         self._target_ids = {
@@ -181,16 +182,14 @@ class CTranslate2Engine:
             # Our length counts the EOS step, also where the limit stopped the search.
             ranked.append((log_prob / length_penalty(len(words) + 1, alpha), pieces, attention))
         ranked.sort(key=lambda h: -h[0])
-        _, best, attention = ranked[0]
-        if keep_attention and attention is not None:
-            attention = _with_eos_column(attention, len(src_ids))
-        return Translation(
-            text=self._detokenize(best),
-            nbest=[(self._detokenize(p), score) for score, p, _ in ranked[: self.decode.n_best]],
-            src_pieces=[*map(self.src_tokenizer.id_to_piece, src_ids), self._eos_piece],
-            out_pieces=best,  # with EOS, unless the length limit came first (point 2 above)
-            attention=attention if keep_attention else None,
-        )
+        nbest = []
+        for score, pieces, attention in ranked[: self.decode.n_best]:
+            kept = keep_attention and attention is not None
+            weights = _with_eos_column(attention, len(src_ids)) if kept else None
+            # pieces: with EOS, unless the length limit came first (point 2 above)
+            nbest.append(Candidate(self._detokenize(pieces), score, pieces, weights))
+        src_pieces = [*map(self.src_tokenizer.id_to_piece, src_ids), self._eos_piece]
+        return Translation(src_pieces, nbest)
 
     def _detokenize(self, pieces: list[str]) -> str:
         """Pieces -> text; `decode` drops the EOS."""

@@ -135,6 +135,7 @@ def export_ctranslate2(
         "source_spm": SOURCE_SPM,
         "target_spm": TARGET_SPM,
         "max_input_tokens": cfg.model.max_len,
+        "tgt_lang": cfg.data.tgt_lang,
         "max_positions": positions,
         "quantization": quantization,
         "decode": decode,

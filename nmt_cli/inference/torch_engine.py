@@ -23,7 +23,7 @@ from nmt_cli.decode.sampling import sample_search
 from nmt_cli.errors import CheckpointError, ConfigError
 from nmt_cli.inference.alignment import replace_unknowns
 from nmt_cli.inference.cpu_linear import can_prepack, prepack_linear, quantize_int8
-from nmt_cli.inference.translator import Batch, Translation, cut_batches
+from nmt_cli.inference.translator import Batch, Candidate, Translation, cut_batches
 from nmt_cli.models import build_model, build_model_shapes
 from nmt_cli.models.ensemble import Ensemble
 from nmt_cli.models.ntm import MemoryTrace, NTMSeq2Seq
@@ -42,12 +42,14 @@ class TorchEngine:
         device: torch.device,
         precision: str = "auto",
         replace_unk: bool = False,
+        target_lang: str = "",
     ) -> None:
         self.model = model
         self.src_tokenizer = src_tokenizer
         self.tgt_tokenizer = tgt_tokenizer
         self.decode = decode
         self.max_input_tokens = max_input_tokens
+        self.target_lang = target_lang
         self.device = device
         lstm = any(isinstance(m, torch.nn.LSTM) for m in model.modules())
         self.precision = decoding_precision(precision, device, lstm=lstm)
@@ -115,6 +117,7 @@ class TorchEngine:
             device=device,
             precision=precision,
             replace_unk=replace_unk,
+            target_lang=configs[0].data.tgt_lang,
         )
 
     @classmethod
@@ -135,6 +138,7 @@ class TorchEngine:
             max_input_tokens=cfg.model.max_len,
             device=device,
             precision=cfg.train.precision,
+            target_lang=cfg.data.tgt_lang,
         )
 
     def check_options(self, *, prefixes: bool) -> None:
@@ -192,29 +196,25 @@ class TorchEngine:
             )
 
     def _to_translation(self, line: str, src_ids: list[int], hyps: list[Hypothesis]) -> Translation:
-        best = hyps[0]
         src_pieces = [*map(self.src_tokenizer.id_to_piece, src_ids), "</s>"]
-        out_pieces = [*map(self.tgt_tokenizer.id_to_piece, best.tokens), "</s>"]
+        return Translation(src_pieces, [self._candidate(line, src_pieces, h) for h in hyps])
+
+    def _candidate(self, line: str, src_pieces: list[str], hyp: Hypothesis) -> Candidate:
+        out_pieces = [*map(self.tgt_tokenizer.id_to_piece, hyp.tokens), "</s>"]
         if self.replace_unk:
-            if best.attention is None:
+            if hyp.attention is None:
                 raise ConfigError(
                     "--replace-unk copies the source word with the most attention, and this "
                     "model has no attention over the source; drop --replace-unk"
                 )
             unk = self.tgt_tokenizer.id_to_piece(UNK)
             pieces = replace_unknowns(
-                out_pieces[:-1], best.attention, src_pieces[:-1], line.split(), unk
+                out_pieces[:-1], hyp.attention, src_pieces[:-1], line.split(), unk
             )
             text = self.tgt_tokenizer.decode_pieces(pieces)
         else:
-            text = self.tgt_tokenizer.decode(best.tokens)
-        return Translation(
-            text=text,
-            nbest=[(self.tgt_tokenizer.decode(h.tokens), h.score) for h in hyps],
-            src_pieces=src_pieces,
-            out_pieces=out_pieces,
-            attention=best.attention,
-        )
+            text = self.tgt_tokenizer.decode(hyp.tokens)
+        return Candidate(text, hyp.score, out_pieces, hyp.attention)
 
     def memory_trace(self, result: Translation) -> MemoryTrace:
         """Replay one translation through an NTM, recording where it wrote and read."""

@@ -22,17 +22,36 @@ from nmt_cli.errors import DataError
 
 
 @dataclasses.dataclass
-class Translation:
-    text: str  # the best hypothesis, detokenised
-    nbest: list[tuple[str, float]]  # (text, length-normalised score), best first
-    src_pieces: list[str]  # source subwords (with the EOS the model saw)
+class Candidate:
+    """One hypothesis of a translation, with what its word alignment is read from."""
+
+    text: str  # detokenised
+    score: float  # length-normalised log-probability
     out_pieces: list[str]  # output subwords (with EOS)
-    attention: torch.Tensor | None  # [len(out_pieces), len(src_pieces)]
+    attention: torch.Tensor | None = None  # [len(out_pieces), len(src_pieces)], when kept
+
+
+@dataclasses.dataclass
+class Translation:
+    src_pieces: list[str]  # source subwords (with the EOS the model saw)
+    nbest: list[Candidate]  # best first
+
+    @property
+    def text(self) -> str:
+        return self.nbest[0].text
+
+    @property
+    def out_pieces(self) -> list[str]:
+        return self.nbest[0].out_pieces
+
+    @property
+    def attention(self) -> torch.Tensor | None:
+        return self.nbest[0].attention
 
 
 def empty_translation() -> Translation:
     """What an empty input line translates to."""
-    return Translation("", [("", 0.0)], [], [], None)
+    return Translation([], [Candidate("", 0.0, [])])
 
 
 @dataclasses.dataclass
@@ -55,6 +74,7 @@ class Engine(Protocol):
     tgt_tokenizer: Tokenizer
     decode: DecodeConfig
     max_input_tokens: int
+    target_lang: str  # the target language's code ("" if unknown): sacreBLEU's tokenizer choice
 
     def check_options(self, *, prefixes: bool) -> None:
         """Refuse, in one line, an option this engine cannot honour."""
