@@ -365,9 +365,10 @@ def translate(
                 read_line_chunks(stack.enter_context(open_text(prefix)), 1000, display_name(prefix))
             )
         from nmt_cli.inference.engines import load_translator
-        from nmt_cli.runtime import keep_freed_memory
 
-        if engine == "torch":
+        if engine == "torch":  # CTranslate2 runs without torch: no import of it for that engine
+            from nmt_cli.runtime import keep_freed_memory
+
             keep_freed_memory()
         translator = load_translator(
             checkpoints,
@@ -429,7 +430,7 @@ def _plot_attention(result, directory: Path, line: int, n_best: bool) -> None:
             f"line {line}, hypothesis {rank} of {len(result.nbest)}, score {candidate.score:.4f}"
         )
         save_attention_heatmap(
-            candidate.attention.numpy(),
+            candidate.attention,
             result.src_pieces,
             candidate.out_pieces,
             directory / name,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from nmt_cli.config import DecodeConfig
+from nmt_cli.decode import max_output_length, max_output_lengths
 from nmt_cli.decode.beam import BLOCK, beam_search, best_continuations, length_penalty
 from nmt_cli.models.interface import DecoderState
 
@@ -224,3 +225,13 @@ def test_best_continuations_equal_a_full_top_k(hypotheses: int, vocab: int) -> N
     assert torch.equal(got_scores, want.values)
     finite = torch.isfinite(want.values)  # the order of tied -inf candidates is arbitrary
     assert torch.equal(got_index[finite], want.indices[finite])
+
+
+def test_one_sentences_limit_equals_the_batched_rule() -> None:
+    """The CTranslate2 engine's per-sentence limit (no torch) is the beam search's, also where
+    a * |X| + b falls near an integer."""
+    lengths = torch.arange(0, 300)
+    mask = torch.arange(300) < lengths.unsqueeze(1)
+    for a, b in ((1.5, 10), (1.1, 5), (1.2, 0), (0.0, 16), (2.05, 3), (1 / 3, 7)):
+        batched = max_output_lengths(mask, a, b).tolist()
+        assert [max_output_length(int(n), a, b) for n in lengths] == batched

@@ -35,13 +35,9 @@ import torch
 
 from nmt_cli.config import DecodeConfig
 from nmt_cli.data.batching import to_device
-from nmt_cli.decode import Hypothesis, max_output_lengths
+from nmt_cli.decode import Hypothesis, length_penalty, max_output_lengths
 from nmt_cli.errors import ConfigError
 from nmt_cli.models.interface import Seq2Seq
-
-
-def length_penalty(length: int, alpha: float) -> float:
-    return ((5.0 + length) / 6.0) ** alpha
 
 
 def coverage_penalty(coverage: torch.Tensor, src_mask: torch.Tensor, beta: float) -> torch.Tensor:

@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 
 from nmt_cli.config import DecodeConfig
-from nmt_cli.decode import Hypothesis, max_output_lengths
-from nmt_cli.decode.beam import length_penalty
+from nmt_cli.decode import Hypothesis, length_penalty, max_output_lengths
 from nmt_cli.models.interface import Seq2Seq
 
 

@@ -11,7 +11,8 @@ so is an output subword that attends most to the source's end-of-sentence marker
 
 from __future__ import annotations
 
-import torch
+import numpy as np
+from numpy.typing import ArrayLike
 
 WORD_START = "\u2581"  # SentencePiece's "▁", the marker of a piece that begins a word
 
@@ -26,15 +27,15 @@ def word_of_each_piece(pieces: list[str]) -> list[int]:
     return words
 
 
-def strongest_sources(attention: torch.Tensor, n_src: int) -> list[int | None]:
+def strongest_sources(attention: ArrayLike, n_src: int) -> list[int | None]:
     """attention [T_out, S] -> for each output row, the most attended source piece, or None
     where that is the source EOS or beyond (n_src real pieces): such a row, often a
     function word or punctuation read from the sentence summary, aligns to no word."""
-    best = attention.argmax(dim=1).tolist()
+    best = np.asarray(attention).argmax(axis=1).tolist()
     return [i if i < n_src else None for i in best]
 
 
-def hard_alignment(attention: torch.Tensor, src_pieces: list[str], out_pieces: list[str]) -> str:
+def hard_alignment(attention: ArrayLike, src_pieces: list[str], out_pieces: list[str]) -> str:
     """`i-j` word pairs, sorted and unique, for pieces that exclude EOS on both sides."""
     if not src_pieces or not out_pieces:
         return ""
@@ -46,7 +47,7 @@ def hard_alignment(attention: torch.Tensor, src_pieces: list[str], out_pieces: l
 
 def replace_unknowns(
     out_pieces: list[str],
-    attention: torch.Tensor,
+    attention: ArrayLike,
     src_pieces: list[str],
     src_words: list[str],
     unk_piece: str,

@@ -33,12 +33,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from nmt_cli.config import DecodeConfig, validate_decode
 from nmt_cli.data.tokenizer import EOS, Tokenizer
-from nmt_cli.decode import max_output_lengths
-from nmt_cli.decode.beam import length_penalty
+from nmt_cli.decode import length_penalty, max_output_length
 from nmt_cli.errors import CheckpointError, ConfigError, first_line, show
 from nmt_cli.inference.ct2_format import DECODE_KEYS, METADATA, import_ctranslate2, read_metadata
 from nmt_cli.inference.translator import Batch, Candidate, Translation, cut_batches
@@ -136,10 +135,9 @@ class CTranslate2Engine:
         """Each sentence's step limit a * |X| + b, computed as our beam search does."""
         if not order:
             return {}
-        lengths = torch.tensor([len(ids[i]) + 1 for i in order])  # with EOS, as the model sees
-        mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)  # [N, S]
-        limits = max_output_lengths(mask, self.decode.max_len_a, self.decode.max_len_b)
-        limits = dict(zip(order, limits.tolist(), strict=True))
+        a, b = self.decode.max_len_a, self.decode.max_len_b
+        # |X| with EOS, as the model sees it
+        limits = {i: max_output_length(len(ids[i]) + 1, a, b) for i in order}
         longest = max(order, key=limits.__getitem__)
         if limits[longest] > self.max_positions:
             raise ConfigError(
@@ -213,12 +211,13 @@ def _finished(result: Any, penalty: float) -> list[tuple[list[str], float, list 
     ]
 
 
-def _with_eos_column(rows: list[list[float]], n_src: int) -> torch.Tensor:
+def _with_eos_column(rows: list[list[float]], n_src: int) -> np.ndarray:
     """CTranslate2 leaves out the attention on the source EOS it appended (and pads to the
     batch's longest source): [T, S_max] -> [T, n_src + 1], as our `attention` is. Each row
     sums to 1 over the real positions, so the EOS weight is what the others leave."""
-    weights = torch.tensor(rows, dtype=torch.float32)[:, :n_src]
-    return torch.cat([weights, (1 - weights.sum(1, keepdim=True)).clamp(min=0)], dim=1)
+    weights = np.asarray(rows, dtype=np.float32)[:, :n_src]
+    eos = np.clip(1 - weights.sum(1, keepdims=True), 0, None)
+    return np.concatenate([weights, eos], axis=1)
 
 
 def decode_settings(stored: dict[str, Any], overrides: dict[str, Any]) -> DecodeConfig:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from nmt_cli.errors import ConfigError
 from nmt_cli.inference.translator import Translator
-from nmt_cli.runtime import resolve_device, set_threads
+
+if TYPE_CHECKING:  # torch is imported for the PyTorch engine only: CTranslate2 runs without it
+    import torch
 
 ENGINES = ("torch", "ctranslate2")
 
@@ -36,6 +37,7 @@ def load_translator(
     models = [models] if isinstance(models, (str, Path)) else list(models)
     if engine == "torch":
         from nmt_cli.inference.torch_engine import TorchEngine
+        from nmt_cli.runtime import resolve_device, set_threads
 
         if threads is not None:
             set_threads(threads)

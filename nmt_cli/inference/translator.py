@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
-
-import torch
+from typing import Any, Protocol
 
 from nmt_cli.config import DecodeConfig
 from nmt_cli.data.corpus import normalize
@@ -28,7 +26,9 @@ class Candidate:
     text: str  # detokenised
     score: float  # length-normalised log-probability
     out_pieces: list[str]  # output subwords (with EOS)
-    attention: torch.Tensor | None = None  # [len(out_pieces), len(src_pieces)], when kept
+    # [len(out_pieces), len(src_pieces)] weights, when kept: a CPU tensor (PyTorch engine)
+    # or a numpy array (CTranslate2 engine, which runs without torch)
+    attention: Any = None
 
 
 @dataclasses.dataclass
@@ -45,7 +45,7 @@ class Translation:
         return self.nbest[0].out_pieces
 
     @property
-    def attention(self) -> torch.Tensor | None:
+    def attention(self) -> Any:
         return self.nbest[0].attention
 
 
