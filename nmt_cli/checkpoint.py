@@ -64,8 +64,11 @@ def save_checkpoint(
     step: int,
     metrics: dict[str, float],
     train_state: dict[str, Any] | None = None,
+    init_from: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically; `train_state` is omitted in inference-only files."""
+    """Write a checkpoint atomically; `train_state` is omitted in inference-only files, and
+    `init_from` (path, step and time of the checkpoint a fine-tuning started from) in any
+    other run's."""
     path = Path(path)
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -86,6 +89,8 @@ def save_checkpoint(
     }
     if train_state is not None:
         payload["train_state"] = train_state
+    if init_from is not None:
+        payload["init_from"] = init_from
     # a file object: torch opens no path itself; split_links: last.pt may be a link of a
     # step-N.pt, whose contents must stay
     with open_output(path, binary=True, split_links=True) as out:

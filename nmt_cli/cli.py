@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
@@ -58,7 +59,7 @@ def _program(
         ),
     ] = False,
 ) -> None:
-    """Neural machine translation: preprocess, train, translate, evaluate."""
+    """Neural machine translation: preprocess, train, translate, score, evaluate."""
 
 
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
@@ -153,6 +154,28 @@ def train(
             "--restart", help="Start over: move a run already in --out aside to OUT.old-N."
         ),
     ] = False,
+    init_from: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--init-from",
+            help="Fine-tune: start a new run from this checkpoint's weights, with a fresh "
+            "optimizer, schedule and data position (train.init_from).",
+        ),
+    ] = None,
+    keep_optimizer: Annotated[
+        bool,
+        typer.Option("--keep-optimizer", help="With --init-from: also take its optimizer state."),
+    ] = False,
+    freeze: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--freeze", help="Keep these weights fixed: embeddings, encoder (repeatable)."
+        ),
+    ] = None,
+    seed: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Random seed of weights, dropout and batch order (train.seed)."),
+    ] = None,
     set_: SetOption = None,
     device: DeviceOption = "auto",
     nproc: Annotated[
@@ -169,6 +192,7 @@ def train(
     from nmt_cli.stop_signals import stop_exit_code
     from nmt_cli.train import train as run_train
 
+    settings = [*(set_ or []), *_train_settings(init_from, keep_optimizer, freeze, seed)]
     with user_errors():
         if not 1 <= nproc <= MAX_PROCESSES:
             raise ConfigError(
@@ -181,14 +205,14 @@ def train(
         args = ["train", str(recipe), "--data", str(data), "--out", str(out), "--device", device]
         args += ["--resume", str(resume)] if resume else []
         args += ["--restart"] if restart else []
-        args += [arg for value in set_ or [] for arg in ("--set", value)]
+        args += [arg for value in settings for arg in ("--set", value)]
         args += ["--json"] if json_ else []
         with user_errors():
             exit_code = launch(nproc, args, out)
         raise typer.Exit(exit_code)
     with user_errors():
         result = run_train(
-            load_config(recipe, set_ or []),
+            load_config(recipe, settings),
             data,
             out,
             resume=resume,
@@ -217,6 +241,23 @@ def train(
             highlight=False,
         )
         raise typer.Exit(stop_exit_code(result.signal))
+
+
+def _train_settings(
+    init_from: Path | None, keep_optimizer: bool, freeze: list[str] | None, seed: int | None
+) -> list[str]:
+    """`nmt train`'s fine-tuning and seed options as the recipe overrides they stand for (a
+    value in JSON is YAML, so a path stays a string)."""
+    settings = []
+    if init_from is not None:
+        settings.append(f"train.init_from={json.dumps(str(init_from))}")
+    if keep_optimizer:
+        settings.append("train.keep_optimizer=true")
+    if freeze:
+        settings.append(f"train.freeze={json.dumps(freeze)}")
+    if seed is not None:
+        settings.append(f"train.seed={seed}")
+    return settings
 
 
 @app.command()
@@ -288,6 +329,16 @@ def translate(
     ] = None,
     max_len_a: Annotated[float | None, typer.Option("--max-len-a")] = None,
     max_len_b: Annotated[int | None, typer.Option("--max-len-b")] = None,
+    min_len_a: Annotated[
+        float | None, typer.Option("--min-len-a", help="At least a * |source| + b words.")
+    ] = None,
+    min_len_b: Annotated[
+        int | None, typer.Option("--min-len-b", "--min-len", help="At least this many words.")
+    ] = None,
+    no_repeat_ngram: Annotated[
+        int | None,
+        typer.Option("--no-repeat-ngram", help="Never output an n-gram of this size twice."),
+    ] = None,
     batch_tokens: Annotated[int | None, typer.Option("--batch-tokens")] = None,
     sampling: Annotated[
         bool, typer.Option("--sampling", help="Sample instead of beam search.")
@@ -318,13 +369,24 @@ def translate(
     replace_unk: Annotated[
         bool, typer.Option("--replace-unk", help="Copy the attended source word for <unk>.")
     ] = False,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="One JSON object per line: text, score, tokens (and alignment, n-best)."
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No summary on stderr at the end.")
+    ] = False,
     quantize: QuantizeOption = None,
     dtype: DtypeOption = "auto",
     threads: ThreadsOption = None,
     device: DeviceOption = "auto",
     engine: EngineOption = "torch",
 ) -> None:
-    """Translate lines from stdin (or --input) to stdout (or --output), one line per line."""
+    """Translate lines from stdin (or --input) to stdout (or --output), one line per line;
+    a summary (lines, target tokens per second) goes to stderr at the end."""
+    from nmt_cli.line_formats import translation_json, translation_text
     from nmt_cli.outputs import check_directory, check_output, open_output
     from nmt_cli.streams import STDIN, display_name, open_text, read_line_chunks, stdin_fd
 
@@ -335,6 +397,9 @@ def translate(
         n_best=n_best,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
+        min_len_a=min_len_a,
+        min_len_b=min_len_b,
+        no_repeat_ngram=no_repeat_ngram,
         batch_tokens=batch_tokens,
         sampling=sampling or None,
         temperature=temperature,
@@ -386,8 +451,12 @@ def translate(
         results = translator.translate_stream(
             chunks, prefixes=prefixes, keep_attention=print_alignment or bool(attention_plot)
         )
+        started, lines, tokens = time.perf_counter(), 0, 0
         for index, result in enumerate(results):
-            sink.write(_format_translation(index, result, n_best is not None, print_alignment))
+            render = translation_json if json_ else translation_text
+            line = render(index, result, n_best=n_best is not None, alignment=print_alignment)
+            sink.write(line)
+            lines, tokens = lines + 1, tokens + max(len(result.out_pieces) - 1, 0)
             if attention_plot is not None:
                 _plot_attention(result, attention_plot, index + 1, n_best is not None)
             if memory_plot is not None:
@@ -398,23 +467,8 @@ def translate(
             raise DataError(
                 f"{display_name(prefix)} has more lines than the input; give one prefix per line"
             )
-
-
-def _format_translation(index: int, result, n_best: bool, alignment: bool) -> str:
-    """One line (or n-best TSV lines) for `result`, each with its own word alignment if asked."""
-    from nmt_cli.inference.alignment import hard_alignment
-
-    def links(candidate) -> str:
-        if not alignment:
-            return ""
-        if candidate.attention is None:
-            return "\t"
-        pieces = (result.src_pieces[:-1], candidate.out_pieces[:-1])
-        return "\t" + hard_alignment(candidate.attention, *pieces)
-
-    if n_best:
-        return "".join(f"{index}\t{c.score:.4f}\t{c.text}{links(c)}\n" for c in result.nbest)
-    return f"{result.text}{links(result.nbest[0])}\n"
+    if not quiet:
+        _summary(f"translated {lines:,} lines", tokens, time.perf_counter() - started)
 
 
 def _plot_attention(result, directory: Path, line: int, n_best: bool) -> None:
@@ -452,6 +506,97 @@ def _plot_memory(translator, result, path: Path) -> None:
         steps,
         trace.source_steps,
         path,
+    )
+
+
+@app.command()
+def score(
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Checkpoint(s) from nmt train (several: an ensemble).")
+    ],
+    src: Annotated[Path, typer.Option("--src", help="Source sentences (- for stdin).")],
+    tgt: Annotated[Path, typer.Option("--tgt", help="Their translations to score, line by line.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output file (default stdout).")
+    ] = None,
+    normalize: Annotated[
+        bool,
+        typer.Option(
+            "--normalize", help="Divide by the length penalty, as beam search ranks (--n-best)."
+        ),
+    ] = False,
+    alpha: Annotated[float | None, typer.Option(help="GNMT length penalty.")] = None,
+    per_token: Annotated[
+        bool, typer.Option("--per-token", help="Also each subword's log-probability (and EOS).")
+    ] = False,
+    json_: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object per pair: score (tokens, token_scores)."),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No summary on stderr at the end.")
+    ] = False,
+    batch_tokens: Annotated[int | None, typer.Option("--batch-tokens")] = None,
+    quantize: QuantizeOption = None,
+    dtype: DtypeOption = "auto",
+    threads: ThreadsOption = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Score given translations: log P(tgt | src) under the model, one line per pair (the
+    sum over the target's subwords and EOS, as --n-best prints with --normalize)."""
+    from nmt_cli.line_formats import score_line
+    from nmt_cli.outputs import check_output, open_output
+    from nmt_cli.streams import (
+        STDIN,
+        aligned_chunks,
+        display_name,
+        open_text,
+        read_line_chunks,
+        stdin_fd,
+    )
+
+    with user_errors(), contextlib.ExitStack() as stack:
+        if str(src) == STDIN and str(tgt) == STDIN:
+            raise ConfigError("--src and --tgt cannot both read stdin; name a file for one")
+        stdin = stdin_fd() if STDIN in (str(src), str(tgt)) else None
+        files = [path for path in (src, tgt) if str(path) != STDIN]
+        check_output(output, inputs=[*checkpoints, *files, stdin], option="--output")
+        sources = read_line_chunks(stack.enter_context(open_text(src)), 1000, display_name(src))
+        targets = itertools.chain.from_iterable(
+            read_line_chunks(stack.enter_context(open_text(tgt)), 1000, display_name(tgt))
+        )
+        chunks = aligned_chunks(sources, targets, display_name(src), display_name(tgt))
+        from nmt_cli.inference.scorer import load_scorer
+        from nmt_cli.runtime import keep_freed_memory
+
+        keep_freed_memory()
+        scorer = load_scorer(
+            checkpoints,
+            device,
+            _decode_overrides(alpha=alpha, batch_tokens=batch_tokens),
+            normalize=normalize,
+            precision=dtype,
+            quantize=quantize,
+            threads=threads,
+        )
+        sink = stack.enter_context(open_output(output))
+        started, pairs, tokens = time.perf_counter(), 0, 0
+        for index, scored in enumerate(scorer.score_stream(chunks)):
+            sink.write(score_line(index, scored, per_token=per_token, as_json=json_))
+            pairs, tokens = pairs + 1, tokens + len(scored.tokens) - 1  # EOS aside
+            if sink.live:
+                sink.flush()
+    if not quiet:
+        _summary(f"scored {pairs:,} pairs", tokens, time.perf_counter() - started)
+
+
+def _summary(done: str, tokens: int, seconds: float) -> None:
+    """The line `nmt translate` and `nmt score` end with on stderr: work done, throughput."""
+    console.print(
+        f"{done}, {tokens:,} target tokens in {seconds:.1f} s "
+        f"({tokens / max(seconds, 1e-9):,.0f} tokens/s)",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -92,8 +92,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    """SentencePiece training options; `sample_size` bounds the sentences it trains on."""
+    """SentencePiece training options; `sample_size` bounds the sentences it trains on.
 
+    `reuse` names a checkpoint (.pt) or a data dir whose SentencePiece model(s) to take
+    instead of training one: the vocabulary a model fine-tuned from that checkpoint needs
+    (`nmt train --init-from`). The other options are then that tokenizer's, and the data
+    dir's manifest records them in place of the recipe's.
+    """
+
+    reuse: str = ""
     model_type: str = "unigram"  # unigram | bpe | char | word (whitespace-separated words)
     vocab_size: int = bounded(8000, Range(8, 1_000_000))
     joint: bool = True
@@ -214,6 +221,7 @@ MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FREEZABLE_PARTS = ("embeddings", "encoder")  # train.freeze: see nmt_cli/finetune.py
 
 ModelConfig = RNNModelConfig | TransformerModelConfig | NTMModelConfig
 MODEL_CONFIGS: dict[str, type] = {
@@ -226,14 +234,23 @@ MODEL_CONFIGS: dict[str, type] = {
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = bounded(1, SEED)
+    # Fine-tuning: a new run starts from this checkpoint's weights (`nmt train --init-from`),
+    # with a fresh optimizer, schedule and data position unless `keep_optimizer`; the parts
+    # named in `freeze` (embeddings, encoder) keep their weights. See nmt_cli/finetune.py.
+    init_from: str = ""
+    keep_optimizer: bool = False
+    freeze: tuple[str, ...] = ()
     batch_tokens: int = bounded(4096, BATCH_TOKENS)  # per process and micro-batch; an update
     accum_steps: int = bounded(1, Range(1, 10_000))  # sees batch_tokens x accum_steps x processes
     max_steps: int = bounded(100_000, Range(1, STEPS.hi))
+    max_epochs: int = bounded(0, STEPS)  # stop after this many passes over the data; 0: no limit
     # stop (and checkpoint) after this much training time; 0: no limit
     max_seconds: float = bounded(0.0, NON_NEGATIVE)
     # 0 freezes the weights; one too large diverges, which `max_bad_updates` stops
     lr: float = bounded(1e-3, NON_NEGATIVE)
     betas: tuple[float, float] = bounded((0.9, 0.999), Range(0, 1, hi_open=True))
+    # AdamW's decoupled weight decay (Loshchilov & Hutter 2019); 0: plain Adam
+    weight_decay: float = bounded(0.0, Range(0, 10))
     warmup_steps: int = bounded(500, STEPS)
     decay: str = "inverse_sqrt"  # inverse_sqrt | linear | constant
     label_smoothing: float = bounded(0.1, DROPOUT)
@@ -270,6 +287,10 @@ class DecodeConfig:
     alpha: float = bounded(0.6, Range(0, 10))
     max_len_a: float = bounded(1.5, Range(0, 100))  # output length limit a * |source| + b
     max_len_b: int = bounded(10, Range(0, TOKENS.hi))
+    # at least a * |source| + b output words before EOS (the max limit wins where they meet)
+    min_len_a: float = bounded(0.0, Range(0, 100))
+    min_len_b: int = bounded(0, Range(0, TOKENS.hi))
+    no_repeat_ngram: int = bounded(0, Range(0, TOKENS.hi))  # no n-gram of this size twice; 0: off
     n_best: int = bounded(1, Range(1, 1000))  # hypotheses (or samples) kept per sentence
     # source tokens per decoding batch: bounds the [rows, V] step tensors; 0: 1,500 on a CPU,
     # 16,000 on a GPU (whose steps cost about the same for 200 rows or 2,000)
@@ -381,6 +402,13 @@ def validate(cfg: Config) -> None:
         "train.best_metric": (cfg.train.best_metric, ("bleu", "loss")),
         "train.precision": (cfg.train.precision, PRECISIONS),
     }
+    if cfg.train.keep_optimizer and not cfg.train.init_from:
+        raise ConfigError(
+            "train.keep_optimizer takes the optimizer state of train.init_from; "
+            "give the checkpoint with --init-from"
+        )
+    for i, part in enumerate(cfg.train.freeze):
+        choices[f"train.freeze[{i}]"] = (part, FREEZABLE_PARTS)
     if cfg.train.bleu_tokenize:
         from sacrebleu.metrics import BLEU  # only then: a plain recipe loads without it
 

@@ -24,7 +24,14 @@ from typing import Any
 
 from rich.progress import Progress, TaskID
 
-from nmt_cli.config import Config, DataConfig, SourceConfig, TokenizerConfig, config_to_dict
+from nmt_cli.config import (
+    Config,
+    DataConfig,
+    SourceConfig,
+    TokenizerConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from nmt_cli.console import progress
 from nmt_cli.data.corpus import (
     CleanStats,
@@ -41,11 +48,13 @@ from nmt_cli.data.shards import (
     SIDES,
     ShardStats,
     ShardWriter,
+    load_tokenizers,
+    read_manifest,
     token_dtype,
     write_manifest,
 )
 from nmt_cli.data.tokenizer import Tokenizer, train_sentencepiece
-from nmt_cli.errors import ConfigError, DataError
+from nmt_cli.errors import ConfigError, DataError, NMTError
 from nmt_cli.owned_dirs import DirKind, check_destination, made_files, replacing
 
 ENCODE_CHUNK = 10_000  # lines per encode_batch call: big enough to amortise, small in memory
@@ -103,6 +112,9 @@ def _build(
     cfg: Config, work: Path, bars: Progress
 ) -> tuple[dict[str, int], CleanStats, dict[str, int]]:
     data = cfg.data
+    if cfg.tokenizer.reuse:  # first: a wrong path fails before the corpus is read
+        tokenizer_cfg, src_tok, tgt_tok, files = _reuse_tokenizers(cfg.tokenizer.reuse, work)
+        cfg = dataclasses.replace(cfg, tokenizer=tokenizer_cfg)
     text_dir = work / "_train_text"
     text_dir.mkdir()
     train_src, train_tgt = text_dir / "train.src", text_dir / "train.tgt"
@@ -114,9 +126,10 @@ def _build(
     bars.update(task, total=stats.read, completed=stats.read)
     _check_pairs_left(stats)
 
-    task = bars.add_task("training sentencepiece", total=1)
-    src_tok, tgt_tok, files = _train_tokenizers(cfg.tokenizer, work, train_src, train_tgt)
-    bars.update(task, completed=1)
+    if not cfg.tokenizer.reuse:
+        task = bars.add_task("training sentencepiece", total=1)
+        src_tok, tgt_tok, files = _train_tokenizers(cfg.tokenizer, work, train_src, train_tgt)
+        bars.update(task, completed=1)
     dtype = token_dtype(max(src_tok.vocab_size, tgt_tok.vocab_size))
 
     splits: dict[str, ShardStats] = {}
@@ -152,6 +165,7 @@ def _build(
             "tgt": files[1],
             "model_type": cfg.tokenizer.model_type,
             "vocab_size": vocab,
+            "reused_from": cfg.tokenizer.reuse or None,
         },
         "dtype": dtype.name,
         "splits": {name: s.as_dict() for name, s in splits.items()},
@@ -208,6 +222,39 @@ def _train_tokenizers(
         Tokenizer(tgt_model.read_bytes(), name=str(tgt_model)),
         ("spm.src.model", "spm.tgt.model"),
     )
+
+
+def _reuse_tokenizers(
+    source: str, work: Path
+) -> tuple[TokenizerConfig, Tokenizer, Tokenizer, tuple[str, str]]:
+    """`tokenizer.reuse`: the SentencePiece model(s) of a checkpoint or a data dir, written
+    into `work` under the names a trained one gets, with the settings that made them."""
+    path = Path(source)
+    try:
+        if path.is_dir():
+            manifest = read_manifest(path)
+            src_tok, tgt_tok = load_tokenizers(path)
+            joint = manifest["tokenizer"]["joint"]
+            made_by = manifest.get("config", {}).get("tokenizer", {})  # absent in old data dirs
+        else:
+            from nmt_cli.checkpoint import load_checkpoint  # torch, only for this case
+
+            ckpt = load_checkpoint(path)
+            entry, joint = ckpt["tokenizer"], ckpt["tokenizer"]["joint"]
+            src_tok = Tokenizer(entry["src_model"], name=f"{path}'s source tokenizer")
+            tgt_tok = src_tok if joint else Tokenizer(entry["tgt_model"], f"{path}'s target model")
+            made_by = ckpt["config"]["tokenizer"]
+    except NMTError as exc:  # the file's own message, saying which recipe key named it
+        raise type(exc)(f"tokenizer.reuse: {exc}") from None
+    settings = config_from_dict(
+        {"tokenizer": {**made_by, "reuse": source, "joint": joint}}
+    ).tokenizer
+    if joint:
+        (work / "spm.model").write_bytes(src_tok.model_bytes)
+        return settings, src_tok, src_tok, ("spm.model", "spm.model")
+    (work / "spm.src.model").write_bytes(src_tok.model_bytes)
+    (work / "spm.tgt.model").write_bytes(tgt_tok.model_bytes)
+    return settings, src_tok, tgt_tok, ("spm.src.model", "spm.tgt.model")
 
 
 def _encode(

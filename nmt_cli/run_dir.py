@@ -49,11 +49,14 @@ _SHOWN_DIFFERENCES = 4
 
 @dataclasses.dataclass(frozen=True)
 class Start:
-    """Where training starts: a checkpoint to continue from (read by rank 0 alone), or none."""
+    """Where training starts: a checkpoint to continue from (read by rank 0 alone), or none;
+    for a new run, the checkpoint whose weights it starts from (`train.init_from`), if any."""
 
     checkpoint: dict[str, Any] | None
     path: Path | None
     note: str
+    init: dict[str, Any] | None = None
+    init_path: Path | None = None
 
 
 @contextlib.contextmanager
@@ -144,7 +147,8 @@ def plan_start(
         ckpt = _load_resumable(resume)
         return Start(ckpt, resume, f"resuming from {resume} at step {ckpt['step']}")
     if restarted_from is not None:
-        return Start(None, None, f"starting over in {run_dir}; the old run is in {restarted_from}")
+        note = f"starting over in {run_dir}; the old run is in {restarted_from}"
+        return _new_run(note, config)
     found = newest_checkpoint(run_dir)
     if found is None:
         leftovers = sorted(p.name for p in run_dir.glob("*.pt"))
@@ -153,7 +157,7 @@ def plan_start(
                 f"{run_dir} holds {', '.join(leftovers)} of an earlier run but no last.pt or "
                 "step-N.pt to continue from; start over with --restart (moves the old run aside)"
             )
-        return Start(None, None, f"starting a new run in {run_dir}")
+        return _new_run(f"starting a new run in {run_dir}", config)
     ckpt = _load_resumable(found)
     differing = config_differences(ckpt["config"], config) + data_differences(ckpt, data)
     if differing:
@@ -168,6 +172,17 @@ def plan_start(
     return Start(
         ckpt, found, f"continuing the run in {run_dir} from step {ckpt['step']} ({found.name})"
     )
+
+
+def _new_run(note: str, config: dict[str, Any]) -> Start:
+    """A new run, from the weights of `train.init_from` when the config names one."""
+    init_from = config["train"]["init_from"]
+    if not init_from:
+        return Start(None, None, note)
+    path = Path(init_from)
+    init = load_checkpoint(path)
+    note = f"{note}, from the weights of {path} (step {init['step']})"
+    return Start(None, None, note, init=init, init_path=path)
 
 
 def _load_resumable(path: Path) -> dict[str, Any]:

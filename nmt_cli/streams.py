@@ -5,7 +5,8 @@
 one line naming it. `read_line_chunks` yields the lines in chunks: as many as have already
 arrived (up to `max_lines`), never waiting for more. On a pipe a user types into, each line is
 therefore translated as soon as it arrives; on a file or a fast producer, data is always ready,
-so chunks fill up and decoding batches by tokens. `read_lines` is the two together.
+so chunks fill up and decoding batches by tokens. `read_lines` is the two together, and
+`aligned_chunks` reads a second file line for line with the first.
 
 Every line is strict UTF-8 (the error names the line), loses its line ending (LF or CRLF) and,
 on the first line, a byte-order mark. A line may hold at most `MAX_LINE_BYTES`: an endless or
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
 import os
 import select
 import sys
@@ -38,6 +40,28 @@ def read_lines(path: str | Path) -> Iterator[str]:
     with open_text(path) as handle:
         for chunk in read_line_chunks(handle, 10_000, display_name(path)):
             yield from chunk
+
+
+def aligned_chunks(
+    first: Iterator[list[str]], second: Iterator[str], first_name: str, second_name: str
+) -> Iterator[tuple[list[str], list[str]]]:
+    """Chunks of `first` (from `read_line_chunks`) with as many lines of `second` each: two
+    line-aligned files read together; a file that ends before the other is one line."""
+    count = 0
+    for chunk in first:
+        lines = list(itertools.islice(second, len(chunk)))
+        if len(lines) < len(chunk):
+            raise DataError(
+                f"{second_name} has {count + len(lines)} lines and {first_name} more; give "
+                "line-aligned files, one line per pair"
+            )
+        count += len(chunk)
+        yield chunk, lines
+    if next(second, None) is not None:
+        raise DataError(
+            f"{second_name} has more lines than {first_name} ({count}); give line-aligned "
+            "files, one line per pair"
+        )
 
 
 def display_name(path: str | Path) -> str:

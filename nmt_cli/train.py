@@ -38,12 +38,13 @@ class TrainResult:
     best_bleu: float | None
     best_step: int | None
     seconds: float
-    stopped_by: str  # max_steps | time_limit | early_stopping | interrupted
+    stopped_by: str  # max_steps | max_epochs | time_limit | early_stopping | interrupted
     signal: str | None = None  # the signal that interrupted this process, e.g. "SIGUSR1"
 
 
 STOP_REASONS = {
     "max_steps": "reached train.max_steps",
+    "max_epochs": "reached train.max_epochs",
     "time_limit": "reached train.max_seconds",
     "early_stopping": "early stopping (train.patience)",
     "interrupted": "a signal to another training process",
@@ -130,6 +131,8 @@ def train(
             trainer = Trainer(cfg, data_dir, run_dir, torch_device, dist)
             if start.checkpoint is not None:
                 trainer.restore(start.checkpoint, start.path)
+            elif start.init is not None:
+                trainer.initialise(start.init, start.init_path)
             note, start = start.note, None  # the checkpoint's tensors are in the model now
             started = time.perf_counter()
             log = RunLog(
@@ -137,7 +140,7 @@ def train(
                 enabled=dist.is_main,
                 tensorboard=cfg.train.tensorboard,
                 show_progress=show_progress,
-                total_steps=cfg.train.max_steps,
+                total_steps=trainer.planned_steps(),
                 start_step=trainer.step,
                 config_yaml=config_to_yaml(cfg),
             )

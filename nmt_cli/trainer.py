@@ -33,6 +33,7 @@ from nmt_cli.data.shards import ShardReader, load_tokenizers, read_manifest
 from nmt_cli.distributed import SINGLE_PROCESS, Distributed
 from nmt_cli.errors import CheckpointError, ConfigError, TrainingError
 from nmt_cli.evaluate import validation_bleu
+from nmt_cli.finetune import check_compatible, freeze, optimizer_state, origin
 from nmt_cli.inference.torch_engine import TorchEngine
 from nmt_cli.inference.translator import Translator
 from nmt_cli.loss import TokenLoss
@@ -42,6 +43,9 @@ from nmt_cli.run_dir import data_identity, step_checkpoints
 from nmt_cli.runtime import precision_warning, resolve_precision
 from nmt_cli.stop_signals import StopSignals
 from nmt_cli.update import DIVERGED, Updater
+
+# What loading a foreign or damaged optimizer, updater or RNG state raises.
+UNREADABLE_STATE = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
 
 
 def learning_rate(cfg_train: Any, step: int) -> float:
@@ -98,12 +102,22 @@ class Trainer:
         self.model = build_model(
             cfg.model, self.src_tok.vocab_size, self.tgt_tok.vocab_size, tok["joint"]
         ).to(device)
-        # fused: one kernel for all parameters (CPU 3.8 against 12.7 ms per update for the
-        # Transformer-small, 2 cores), the same update up to rounding
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas, fused=True
-        )
         t = cfg.train
+        if t.freeze:
+            frozen = freeze(self.model, cfg.model.type, t.freeze)
+            self.notes.append(f"frozen: {', '.join(t.freeze)} ({frozen:,} weights)")
+        # fused: one kernel for all parameters (CPU 3.8 against 12.7 ms per update for the
+        # Transformer-small, 2 cores), the same update up to rounding; decoupled weight
+        # decay makes it AdamW, which with train.weight_decay 0 is Adam
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=t.lr,
+            betas=t.betas,
+            weight_decay=t.weight_decay,
+            decoupled_weight_decay=True,
+            fused=True,
+        )
+        self.init_from: dict[str, Any] | None = None  # the checkpoint a fine-tuning began from
         self.plan = plan_batches(
             self.train_data.src_lengths,
             self.train_data.tgt_lengths,
@@ -132,6 +146,15 @@ class Trainer:
         self.best_step: int | None = None
         self.bad_validations = 0
         self.epoch_batches()  # refuses a global batch that no epoch can fill
+
+    def planned_steps(self) -> int:
+        """The updates this run will make: train.max_steps, or fewer where train.max_epochs
+        ends it first."""
+        t = self.cfg.train
+        if not t.max_epochs:
+            return t.max_steps
+        per_epoch = len(self.epoch_batches()) // self.batches_per_update
+        return min(t.max_steps, t.max_epochs * per_epoch)
 
     def epoch_batches(self) -> np.ndarray:
         """The current epoch's global sequence of batches, as many as make whole updates:
@@ -218,7 +241,33 @@ class Trainer:
             step=self.step,
             metrics=metrics,
             train_state=train_state,
+            init_from=self.init_from,
         )
+
+    def initialise(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Start a new run from checkpoint `ckpt`'s weights (fine-tuning, see finetune.py):
+        the optimizer, schedule and data position start afresh, unless train.keep_optimizer
+        takes its optimizer state too."""
+        check_compatible(path, ckpt, self.cfg, self.tokenizer)
+        check_weights_fit(path, self.model, ckpt["model_state"])
+        self.model.load_state_dict(ckpt["model_state"])
+        if self.cfg.train.keep_optimizer:
+            try:
+                self.optimizer.load_state_dict(optimizer_state(path, ckpt))
+            except UNREADABLE_STATE:
+                raise CheckpointError(
+                    f"--init-from {path}: its optimizer state is unreadable; drop "
+                    "train.keep_optimizer, or start from another of its run's checkpoints"
+                ) from None
+            self._set_weight_decay()
+        self.init_from = origin(path, ckpt)
+
+    def _set_weight_decay(self) -> None:
+        """A loaded optimizer state carries its run's weight decay: this run's applies (the
+        learning rate is set before each update)."""
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self.cfg.train.weight_decay
+            group["decoupled_weight_decay"] = True
 
     def restore(self, ckpt: dict[str, Any], path: Path) -> None:
         """Continue from checkpoint `ckpt` (read from `path` by rank 0, sent to all; its
@@ -242,11 +291,13 @@ class Trainer:
                 self.updater.load_state_dict(state["updater"])
             if self.dist.is_main:
                 torch.set_rng_state(state["torch_rng"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError):
+        except UNREADABLE_STATE:
             raise CheckpointError(
                 f"{path}: its optimizer, updater or RNG state is unreadable; resume from "
                 "another of the run's checkpoints, e.g. a step-N.pt"
             ) from None
+        self._set_weight_decay()
+        self.init_from = ckpt.get("init_from")
         self.step = ckpt["step"]
         if not self.dist.is_main:  # only rank 0's RNG is saved; the others get a distinct one
             torch.manual_seed(self.cfg.train.seed + 1_000_003 * self.dist.rank + self.step)
@@ -390,6 +441,8 @@ class Trainer:
         window_tokens, window_start = 0, time.perf_counter()
         deadline = window_start + t.max_seconds if t.max_seconds > 0 else math.inf
         while self.step < t.max_steps:
+            if t.max_epochs and self.epoch >= t.max_epochs:  # a finished run, continued
+                return "max_epochs"
             batches = self.epoch_batches()
             while self.batch_in_epoch < len(batches):
                 start, size = self.batch_in_epoch, self.batches_per_update
@@ -401,7 +454,9 @@ class Trainer:
                 # rank 0's clock decides, so that processes cannot part ways by a millisecond
                 now = time.perf_counter()
                 out_of_time = deadline < math.inf and dist.broadcast_flag(now >= deadline)
-                at_end = self.step == t.max_steps or out_of_time
+                epoch_done = self.batch_in_epoch >= len(batches)
+                last_epoch_done = epoch_done and 0 < t.max_epochs <= self.epoch + 1
+                at_end = self.step == t.max_steps or out_of_time or last_epoch_done
                 if self.step % t.log_every == 0 or at_end:
                     report = self.updater.report()
                     tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
@@ -427,7 +482,9 @@ class Trainer:
                 if dist.any(interrupt.raised):  # every process stops at the same update
                     return "interrupted"
                 if at_end:
-                    return "time_limit" if out_of_time else "max_steps"
+                    if out_of_time:
+                        return "time_limit"
+                    return "max_steps" if self.step == t.max_steps else "max_epochs"
             self.epoch += 1
             self.batch_in_epoch = 0
         return "max_steps"

@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from nmt_cli.config import DecodeConfig
-from nmt_cli.decode import max_output_length, max_output_lengths
+from nmt_cli.decode import Hypothesis, max_output_length, max_output_lengths
 from nmt_cli.decode.beam import BLOCK, beam_search, best_continuations, length_penalty
+from nmt_cli.decode.constraints import ban_repeated_ngrams
+from nmt_cli.decode.sampling import sample_search
 from nmt_cli.models.interface import DecoderState
 
 PAD, UNK, BOS, EOS, A, B, C = range(7)
@@ -52,7 +54,27 @@ def endless(prefix: tuple[int, ...]) -> dict[int, float]:
     return {A: 0.7, B: 0.2, C: 0.1}
 
 
-SCRIPTS = [GREEDY_TRAP, SHORT_VS_LONG, ENDLESS]
+# "A A" (p = 0.42) narrowly beats "B" (0.4); with the word A blocked from repeating (1-grams),
+# "A" must end at once (0.18), and "B" wins.
+REPEATS_A_WORD: Script = {
+    (): {A: 0.6, B: 0.4},
+    (A,): {A: 0.7, EOS: 0.3},
+    (A, A): {EOS: 1.0},
+    (B,): {EOS: 1.0},
+}
+
+# "A B A B" (p = 0.81) repeats the bigram "A B": blocked, the search takes "A B" (0.1) over
+# "A B A C" (0.09). Trigram blocking does not touch it (no trigram repeats).
+REPEATS_A_BIGRAM: Script = {
+    (): {A: 1.0},
+    (A,): {B: 1.0},
+    (A, B): {A: 0.9, EOS: 0.1},
+    (A, B, A): {B: 0.9, C: 0.1},
+    (A, B, A, B): {EOS: 1.0},
+    (A, B, A, C): {EOS: 1.0},
+}
+
+SCRIPTS = [GREEDY_TRAP, SHORT_VS_LONG, ENDLESS, REPEATS_A_WORD, REPEATS_A_BIGRAM]
 
 
 def distribution(script_id: int, prefix: tuple[int, ...]) -> dict[int, float]:
@@ -104,8 +126,20 @@ def batch(*rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return src, src != PAD
 
 
-def beam(src, mask, *, k: int, alpha: float = 0.0, a: float = 0.0, b: int = 10, n_best: int = 1):
-    settings = DecodeConfig(beam=k, alpha=alpha, max_len_a=a, max_len_b=b, n_best=n_best)
+def beam(
+    src,
+    mask,
+    *,
+    k: int,
+    alpha: float = 0.0,
+    a: float = 0.0,
+    b: int = 10,
+    n_best: int = 1,
+    **constraints,
+):
+    settings = DecodeConfig(
+        beam=k, alpha=alpha, max_len_a=a, max_len_b=b, n_best=n_best, **constraints
+    )
     return beam_search(ScriptedModel(), src, mask, settings, bos=BOS, eos=EOS)
 
 
@@ -235,3 +269,107 @@ def test_one_sentences_limit_equals_the_batched_rule() -> None:
     for a, b in ((1.5, 10), (1.1, 5), (1.2, 0), (0.0, 16), (2.05, 3), (1 / 3, 7)):
         batched = max_output_lengths(mask, a, b).tolist()
         assert [max_output_length(int(n), a, b) for n in lengths] == batched
+
+
+@pytest.mark.parametrize("k", [2, 3])  # greedy search, committed to "A", cannot turn back
+@pytest.mark.parametrize(
+    ("min_len", "winner"), [(0, [A]), (1, [A]), (2, [B, B, B]), (3, [B, B, B])]
+)
+def test_min_length_changes_the_winner(k: int, min_len: int, winner: list[int]) -> None:
+    """ "A" (0.55) beats "B B B" (0.45) until one word is too short."""
+    (hyps,) = beam(*batch(source(1, 3)), k=k, min_len_b=min_len)
+    assert hyps[0].tokens == winner
+    p = 0.55 if winner == [A] else 0.45
+    assert hyps[0].score == pytest.approx(math.log(p), abs=1e-6)
+
+
+@pytest.mark.parametrize(("a", "winner"), [(0.5, [A]), (0.67, [B, B, B])])
+def test_min_length_grows_with_the_source(a: float, winner: list[int]) -> None:
+    """|X| = 3 (with EOS): 0.5 * 3 = 1.5 allows one word, 0.67 * 3 = 2.01 needs two."""
+    (hyps,) = beam(*batch(source(1, 3)), k=2, min_len_a=a)
+    assert hyps[0].tokens == winner
+
+
+def test_the_length_limit_wins_over_the_minimum() -> None:
+    """A minimum beyond the limit cannot be met: the output ends at the limit, with EOS."""
+    (hyps,) = beam(*batch(source(2, 3)), k=2, a=0.0, b=4, min_len_b=10)
+    assert hyps[0].tokens == [A, A, A]
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize(("n", "winner"), [(0, [A, A]), (1, [B]), (2, [A, A]), (3, [A, A])])
+def test_no_repeat_unigram_changes_the_winner(k: int, n: int, winner: list[int]) -> None:
+    (hyps,) = beam(*batch(source(3, 3)), k=k, no_repeat_ngram=n)
+    assert hyps[0].tokens == winner
+    p = {(A, A): 0.42, (B,): 0.4}[tuple(winner)]
+    assert hyps[0].score == pytest.approx(math.log(p), abs=1e-6)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize(("n", "winner"), [(0, [A, B, A, B]), (2, [A, B]), (3, [A, B, A, B])])
+def test_no_repeat_bigram_changes_the_winner(k: int, n: int, winner: list[int]) -> None:
+    (hyps,) = beam(*batch(source(4, 3)), k=k, no_repeat_ngram=n)
+    assert hyps[0].tokens == winner
+    p = {(A, B, A, B): 0.81, (A, B): 0.1}[tuple(winner)]
+    assert hyps[0].score == pytest.approx(math.log(p), abs=1e-6)
+
+
+def test_greedy_search_blocks_as_it_goes() -> None:
+    """One beam commits to "A B A" and, with "A B" blocked, must go on with C."""
+    (hyps,) = beam(*batch(source(4, 3)), k=1, no_repeat_ngram=2)
+    assert hyps[0].tokens == [A, B, A, C]
+    assert hyps[0].score == pytest.approx(math.log(0.9 * 0.1), abs=1e-6)
+
+
+def test_constraints_apply_per_sentence_in_a_batch() -> None:
+    """Batched with other sentences, each gets its own minimum (a * |X|) and blocking."""
+    rows = [source(1, 3), source(4, 3), source(1, 6)]
+    S = max(len(r) for r in rows)
+    padded = batch(*(r + [PAD] * (S - len(r)) for r in rows))
+    for n in (2, 3):
+        together = beam(*padded, k=2, min_len_a=0.5, no_repeat_ngram=n)
+        alone = [beam(*batch(r), k=2, min_len_a=0.5, no_repeat_ngram=n)[0] for r in rows]
+        assert [h[0].tokens for h in together] == [h[0].tokens for h in alone]
+    # |X| 3 -> at least 1 word: "A"; no trigram repeats; |X| 6 -> at least 3 words: "B B B"
+    assert [h[0].tokens for h in together] == [[A], [A, B, A, B], [B, B, B]]
+
+
+def repeats_by_brute_force(history: list[int], n: int, vocab: int) -> list[bool]:
+    """Which next words would repeat an n-gram of `history`, by comparing every n-gram."""
+    seen = {tuple(history[i : i + n]) for i in range(len(history) - n + 1)}
+    return [tuple([*history[len(history) - n + 1 :], w]) in seen for w in range(vocab)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_ngram_blocking_equals_brute_force(n: int) -> None:
+    generator = torch.Generator().manual_seed(n)
+    history = torch.randint(0, 4, (12, 9), generator=generator)  # few words: many repeats
+    log_probs = torch.zeros(12, 6)
+    ban_repeated_ngrams(log_probs, history, n)
+    for row in range(12):
+        want = repeats_by_brute_force(history[row].tolist(), n, 6)
+        assert torch.isinf(log_probs[row]).tolist() == want
+
+
+def test_ngram_blocking_waits_for_a_whole_ngram() -> None:
+    log_probs = torch.zeros(1, 5)
+    ban_repeated_ngrams(log_probs, torch.tensor([[1, 1]]), 3)
+    assert torch.isfinite(log_probs).all()
+
+
+def sample(script: int, n: int, **constraints) -> list[Hypothesis]:
+    settings = DecodeConfig(sampling=True, n_best=n, alpha=0.0, max_len_b=6, **constraints)
+    src, mask = batch(source(script, 3))
+    generator = torch.Generator().manual_seed(0)
+    model = ScriptedModel()
+    return sample_search(model, src, mask, settings, bos=BOS, eos=EOS, generator=generator)[0]
+
+
+def test_sampling_keeps_the_constraints_and_scores_with_the_model() -> None:
+    free = sample(3, 60)
+    assert [A, A] in [h.tokens for h in free]
+    blocked = sample(3, 60, no_repeat_ngram=1)
+    assert {tuple(h.tokens) for h in blocked} == {(A,), (B,)}
+    for h in blocked:  # the unchanged model's probability: A then EOS is 0.6 * 0.3
+        assert h.score == pytest.approx(math.log(0.6 * 0.3 if h.tokens == [A] else 0.4))
+    assert all(len(h.tokens) >= 2 for h in sample(0, 60, min_len_b=2))

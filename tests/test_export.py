@@ -169,6 +169,23 @@ def test_translations_equal_ours(settings: dict, trained_transformer: Path, expo
     assert solved >= 0.7 * len(corpus.test)
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"), [("min_len_b", 3), ("min_len_a", 1.0), ("no_repeat_ngram", 2)]
+)
+def test_min_length_and_ngram_blocking_are_refused(
+    setting: str, value: float, exported: Path, run_nmt
+) -> None:
+    """CTranslate2 bans words before its softmax, so the others' probabilities grow and its
+    beam ranks differently from ours (which keeps the model's probabilities, as fairseq does,
+    so that `nmt score` gives the n-best scores): one line says so."""
+    with pytest.raises(ConfigError, match=f"decode.{setting} .* has no CTranslate2 equivalent"):
+        CTranslate2Engine(exported, {setting: value})
+    option = "--" + setting.replace("_", "-")
+    done = run_nmt(["translate", str(exported), "--engine", "ctranslate2", option, str(value)])
+    assert done.returncode == 1
+    assert f"decode.{setting}" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_attention_equals_ours(trained_transformer: Path, exported: Path, corpus) -> None:
     settings = {"beam": 1, "alpha": 0.0}
     lines = [src for src, _ in corpus.test[:10]]

@@ -414,3 +414,37 @@ def test_best_metric_loss_keeps_the_lowest_validation_loss(
     assert result.best_step == lowest == load_checkpoint(run / "best.pt")["step"]
     with pytest.raises(ConfigError, match="best_metric"):
         config_from_dict(make_recipe(train={"best_metric": "chrf"}))
+
+
+# --- training options: epochs, weight decay ------------------------------------------------
+
+
+def test_max_epochs_stops_after_whole_passes(make_recipe, reverse_data: Path, tmp_path) -> None:
+    raw = make_recipe(
+        train={"max_steps": 100_000, "max_epochs": 2, "batch_tokens": 2000, "valid_every": 0}
+    )
+    cfg = config_from_dict(raw)
+    reader = ShardReader(reverse_data, "train")
+    plan = plan_batches(reader.src_lengths, reader.tgt_lengths, 2000, max_len=cfg.model.max_len)
+    per_epoch = len(plan.epoch(cfg.train.seed, 0)[0])
+    run = tmp_path / "run"
+    result = train(cfg, reverse_data, run, device="cpu", show_progress=False)
+    assert (result.stopped_by, result.steps) == ("max_epochs", 2 * per_epoch)
+    assert "reached train.max_epochs" in (run / "train.log").read_text()
+    again = train(cfg, reverse_data, run, device="cpu", show_progress=False)  # the same command
+    assert (again.stopped_by, again.steps) == ("max_epochs", 2 * per_epoch)
+
+
+def test_weight_decay_shrinks_the_weights(make_recipe, reverse_data: Path, tmp_path) -> None:
+    """AdamW's decay pulls every weight towards 0 by lr x decay per update, beyond Adam's step."""
+
+    def weight_norm(decay: float) -> float:
+        raw = make_recipe(train={"max_steps": 20, "valid_every": 0, "weight_decay": decay})
+        run = tmp_path / f"decay-{decay}"
+        train(config_from_dict(raw), reverse_data, run, device="cpu", show_progress=False)
+        state = load_checkpoint(run / "last.pt")
+        groups = state["train_state"]["optimizer"]["param_groups"]
+        assert [g["weight_decay"] for g in groups] == [decay]
+        return float(sum(w.float().norm() ** 2 for w in state["model_state"].values()) ** 0.5)
+
+    assert weight_norm(1.0) < 0.99 * weight_norm(0.0)

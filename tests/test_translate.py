@@ -3,6 +3,8 @@ lines stay empty, and alignments have the shape the heatmaps expect."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,47 @@ def test_attention_shapes(checkpoint: Path, beam: int) -> None:
         assert t.attention.shape == (len(t.out_pieces), len(t.src_pieces))
         assert t.out_pieces[-1] == t.src_pieces[-1] == "</s>"
         torch.testing.assert_close(t.attention.sum(1), torch.ones(len(t.out_pieces)))
+
+
+# --- what `nmt translate` prints --------------------------------------------------------------
+
+
+def test_json_lines_carry_text_score_tokens_and_alignment(checkpoint: Path, run_nmt) -> None:
+    stdin = "".join(line + "\n" for line in LINES).encode()
+    done = run_nmt(["translate", str(checkpoint), "--json", "--print-alignment"], stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["line"] for r in records] == list(range(1, len(LINES) + 1))
+    assert [r["text"] for r in records] == [reverse(line) for line in LINES]
+    first = records[0]
+    assert "".join(first["tokens"]).replace("\u2581", " ").strip() == reverse(LINES[0])
+    assert first["score"] < 0 and first["alignment"].startswith("0-6")
+    assert records[1] == {"line": 2, "text": "", "score": 0.0, "tokens": [], "alignment": None}
+    nbest = run_nmt(["translate", str(checkpoint), "--json", "--n-best", "2"], stdin=stdin)
+    record = json.loads(nbest.stdout.splitlines()[0])
+    assert len(record["nbest"]) == 2 and record["nbest"][0]["text"] == record["text"]
+    assert "alignment" not in record
+
+
+def test_a_summary_line_ends_on_stderr_unless_quiet(checkpoint: Path, run_nmt) -> None:
+    done = run_nmt(["translate", str(checkpoint)], stdin=b"1 2 3\n4 5 6\n")
+    assert done.stdout == "3 2 1\n6 5 4\n"
+    assert re.fullmatch(
+        r"translated 2 lines, \d+ target tokens in \d+\.\d s \([\d,]+ tokens/s\)\n", done.stderr
+    )
+    quiet = run_nmt(["translate", str(checkpoint), "--quiet"], stdin=b"1 2 3\n")
+    assert quiet.stdout == "3 2 1\n" and quiet.stderr == ""
+
+
+def test_min_length_and_ngram_blocking_from_the_command_line(checkpoint: Path, run_nmt) -> None:
+    """The reverse model outputs 3 digits for "1 2 3": asked for at least 7 subwords, and
+    never one twice, it must say more, without repeating itself."""
+    done = run_nmt(
+        ["translate", str(checkpoint), "--min-len", "7", "--no-repeat-ngram", "1", "--json"],
+        stdin=b"1 2 3\n",
+    )
+    assert done.returncode == 0, done.stderr
+    tokens = json.loads(done.stdout)["tokens"]
+    assert len(tokens) >= 7 and len(set(tokens)) == len(tokens)
+    scaled = run_nmt(["translate", str(checkpoint), "--min-len-a", "2", "--json"], stdin=b"1 2\n")
+    assert len(json.loads(scaled.stdout)["tokens"]) >= 2 * 3  # |X| = 3 with EOS

@@ -33,6 +33,16 @@ def max_output_length(src_length: int, a: float, b: int) -> int:
     return max(1, int(np.float32(a) * np.float32(src_length) + np.float32(b)))
 
 
+def min_output_lengths(src_mask: torch.Tensor, a: float, b: int) -> torch.Tensor:
+    """Per-sentence minimum a * |src| + b output words before EOS, by the max-len rule."""
+    return (a * src_mask.sum(1).float() + b).long()  # [B]
+
+
+def min_output_length(src_length: int, a: float, b: int) -> int:
+    """`min_output_lengths` of one sentence, in the same float32 arithmetic."""
+    return int(np.float32(a) * np.float32(src_length) + np.float32(b))
+
+
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT's length normalisation lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al. 2016, eq. 14)."""
     return ((5.0 + length) / 6.0) ** alpha

@@ -17,6 +17,8 @@ EOS is allowed. Done sentences leave the batch at once, so the steps that remain
 what the unfinished sentences need, and a sentence's result never depends on its batch-mates.
 
 A target prefix forces the first words of a sentence's output (the search continues from it).
+A minimum length keeps EOS out until a sentence has enough words, and n-gram blocking rules
+out a word that would repeat an n-gram (`constraints.py`); a forced prefix word beats both.
 
 On a GPU the host must not wait for the device more than it has to: a step's kernels are
 small, and a wait drains the queue the host would otherwise keep filled. A step waits once,
@@ -35,7 +37,8 @@ import torch
 
 from nmt_cli.config import DecodeConfig
 from nmt_cli.data.batching import to_device
-from nmt_cli.decode import Hypothesis, length_penalty, max_output_lengths
+from nmt_cli.decode import Hypothesis, length_penalty, max_output_lengths, min_output_lengths
+from nmt_cli.decode.constraints import ban_early_eos, ban_repeated_ngrams
 from nmt_cli.errors import ConfigError
 from nmt_cli.models.interface import Seq2Seq
 
@@ -54,6 +57,7 @@ class _Running:
 
     sentence: torch.Tensor  # [N] index of each running sentence in the input batch
     limit: torch.Tensor  # [N] its output length limit
+    min_len: torch.Tensor  # [N] the words it must output before EOS
     src_mask: torch.Tensor  # [N*K, S]
     prefix: torch.Tensor  # [N, P] forced output words, -1 past each prefix's end
     scores: torch.Tensor  # [N, K] log-probabilities of the hypotheses
@@ -67,6 +71,7 @@ class _Running:
         return _Running(
             sentence=self.sentence[sentences],
             limit=self.limit[sentences],
+            min_len=self.min_len[sentences],
             src_mask=self.src_mask.index_select(0, rows),
             prefix=self.prefix[sentences],
             scores=self.scores,  # replaced by the caller
@@ -85,14 +90,30 @@ def _prefix_tensor(prefixes: list[list[int]] | None, batch: int, device) -> torc
 
 
 def _restrict(
-    log_probs: torch.Tensor, run: _Running, t: int, G: int, eos: int, some_at_limit: bool
+    log_probs: torch.Tensor,
+    run: _Running,
+    t: int,
+    G: int,
+    eos: int,
+    *,
+    some_at_limit: bool,
+    some_below_min: bool,
+    no_repeat_ngram: int,
 ) -> None:
-    """In place, on G rows per sentence: force prefix words, and only EOS at the length limit
-    (`some_at_limit`: whether any running sentence is there, known to the host)."""
+    """In place, on G rows per sentence: no EOS below the minimum length, no repeated
+    n-gram, the prefix's word where one is forced (whatever those rules say), and only EOS
+    at the length limit. `some_at_limit`, `some_below_min`: whether any running sentence is
+    there, known to the host."""
+    forced = None
     if t < run.prefix.size(1):
         forced = run.prefix[:, t].repeat_interleave(G).unsqueeze(1)  # [N*G, 1], -1: free
         has_prefix, words = forced >= 0, forced.clamp(min=0)
         kept = log_probs.gather(1, words)
+    if some_below_min:
+        ban_early_eos(log_probs, t, run.min_len.repeat_interleave(G), eos)
+    if no_repeat_ngram:
+        ban_repeated_ngrams(log_probs, run.history, no_repeat_ngram)
+    if forced is not None:
         log_probs.masked_fill_(has_prefix, float("-inf"))
         log_probs.scatter_(1, words, torch.where(has_prefix, kept, log_probs.gather(1, words)))
     if some_at_limit:
@@ -167,7 +188,8 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """src [B, S] -> per sentence, its `settings.n_best` hypotheses, best first.
 
-    Of `settings`: beam, alpha, coverage (beta), n_best and the length limit a * |X| + b.
+    Of `settings`: beam, alpha, coverage (beta), n_best, the length limit a * |X| + b, the
+    minimum length and n-gram blocking (`constraints.py`).
     `prefixes[b]` (word ids, no BOS) starts sentence b's output.
     """
     B, K, device = src.size(0), settings.beam, src.device
@@ -175,12 +197,17 @@ def beam_search(
     prefix = _prefix_tensor(prefixes, B, device)
     limits = max_output_lengths(src_mask, settings.max_len_a, settings.max_len_b)
     limits = torch.maximum(limits, (prefix >= 0).sum(1) + 1)  # room for the prefix and EOS
-    limits_of, src_lengths = torch.stack([limits, src_mask.sum(1)]).tolist()  # per sentence
+    min_lens = min_output_lengths(src_mask, settings.min_len_a, settings.min_len_b)
+    min_lens = torch.minimum(min_lens, limits - 1)  # the limit's EOS comes first
+    per_sentence = torch.stack([limits, src_mask.sum(1), min_lens]).tolist()
+    limits_of, src_lengths, min_lens_of = per_sentence
+    longest_min = max(min_lens_of)
     state = model.init_state(model.encode(src, src_mask))  # one row per sentence
     S = src.size(1)
     run = _Running(
         sentence=torch.arange(B, device=device),
         limit=limits,
+        min_len=min_lens,
         src_mask=src_mask,
         prefix=prefix,
         scores=torch.zeros(B, 1, device=device),
@@ -207,7 +234,16 @@ def beam_search(
             run.coverage = run.coverage + attention.float()
         if run.attention is not None:
             run.attention = torch.cat([run.attention, attention.float().unsqueeze(1)], dim=1)
-        _restrict(log_probs, run, t, G, eos, any(t + 1 >= limits_of[b] for b in running))
+        _restrict(
+            log_probs,
+            run,
+            t,
+            G,
+            eos,
+            some_at_limit=any(t + 1 >= limits_of[b] for b in running),
+            some_below_min=t < longest_min and any(t < min_lens_of[b] for b in running),
+            no_repeat_ngram=settings.no_repeat_ngram,
+        )
         width = min(2 * K, G * V)  # 2K, but a toy vocabulary may have fewer words
         top_scores, top_index = best_continuations(log_probs, run.scores, width)  # [N, width]
         top_beam, top_word = top_index // V, top_index % V

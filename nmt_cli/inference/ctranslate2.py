@@ -20,6 +20,10 @@ weights, `inter_threads` batches translated in parallel). It reproduces our beam
 3. Arithmetic. Its kernels round differently (log-probabilities agree to ~1e-6), so exact
    ties can break the other way; int8 weights change scores more.
 
+A minimum length and n-gram blocking are refused (`decode_settings`): CTranslate2 bans the
+words before its softmax, which raises the probabilities of the others, so its scores and
+beam differ from ours, which keep the model's probabilities (as fairseq does).
+
 The limit is per sentence, while CTranslate2 takes one maximum length per call, so batches
 hold sentences of one limit (sentences are sorted by length, so that costs little) and are
 submitted asynchronously, which lets `inter_threads` workers translate them in parallel.

@@ -29,6 +29,19 @@ class Ensemble(nn.Module):
         super().__init__()
         self.models = nn.ModuleList(models)
 
+    def forward(
+        self, src: torch.Tensor, src_mask: torch.Tensor, tgt_in: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced log(mean_m P_m(word)) [B, T, V]: log-probabilities, which serve as
+        logits (their log-softmax is themselves)."""
+        log_probs = torch.stack(
+            [
+                torch.log_softmax(model(src, src_mask, tgt_in).float(), dim=-1)
+                for model in self.models
+            ]
+        )  # [M, B, T, V]
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.models))
+
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> list:
         return [model.encode(src, src_mask) for model in self.models]
 
