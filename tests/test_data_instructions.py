@@ -79,3 +79,26 @@ def test_a_shipped_recipe_preprocesses_the_downloaded_corpus(tmp_path: Path, run
         ["preprocess", str(recipe), "--out", str(tmp_path / "again"), *root, *small]
     )
     assert elsewhere.returncode == 0, elsewhere.stderr
+
+
+@needs_local_copy
+def test_the_domain_split_script_makes_the_readmes_split(tmp_path: Path) -> None:
+    """scripts/split-multi30k-domain.sh (README, "Fine-tuning on your domain"): the counts the
+    README states, which add up to Multi30k's (every pair in one part), one tab per TSV line."""
+    out = tmp_path / "multi30k-sports"
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "split-multi30k-domain.sh"), str(LOCAL_COPY), str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = {p.name: p.read_text(encoding="utf-8").splitlines() for p in out.iterdir()}
+    counts = {name: len(text) for name, text in lines.items()}
+    assert counts == {
+        "general.train.tsv": 27_122, "sports.train.tsv": 1_878,
+        "general.valid.tsv": 957, "sports.valid.tsv": 57,
+        "general.test.de": 917, "general.test.en": 917,
+        "sports.test.de": 83, "sports.test.en": 83,
+    }  # fmt: skip
+    for name, text in lines.items():
+        if name.endswith(".tsv"):
+            assert all(line.count("\t") == 1 for line in text), name

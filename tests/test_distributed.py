@@ -6,6 +6,7 @@ accumulates the same two batches: same global batch, same per-token normalisatio
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -338,6 +339,10 @@ def _validate(rank: int, world: int, port: int, checkpoint: Path, data: Path, ou
     metrics = trainer.validate()
     if dist.is_main:
         out.write_text(json.dumps(metrics))
+    # Free the DDP module and its process group now, as `nmt_cli.train` does: left to the
+    # interpreter's exit, the group's destructor can wait forever for gloo's threads.
+    trainer = None
+    gc.collect()
     distributed.stop(dist)
 
 
