@@ -100,12 +100,12 @@ class TokenizerConfig:
     dir's manifest records them in place of the recipe's.
     """
 
-    reuse: str = ""
     model_type: str = "unigram"  # unigram | bpe | char | word (whitespace-separated words)
     vocab_size: int = bounded(8000, Range(8, 1_000_000))
     joint: bool = True
     sample_size: int = bounded(1_000_000, Range(1, 2**31 - 1))  # SentencePiece's int32
     character_coverage: float = bounded(1.0, Range(0, 1, lo_open=True))
+    reuse: str = ""  # a checkpoint or data dir whose tokenizer to take instead of training
 
 
 @dataclass(frozen=True)
