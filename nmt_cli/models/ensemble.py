@@ -2,7 +2,8 @@
 
 Each step, every member predicts the next word from its own state; the ensemble's
 distribution is the members' average probability (fairseq's and Marian's default), and its
-attention the members' average attention. Search code sees one model and never knows.
+attention the members' average attention. Search code sees one model and never knows, and
+neither does `nmt score`, whose teacher-forced `forward` averages the same way.
 """
 
 from __future__ import annotations
