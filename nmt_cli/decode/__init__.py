@@ -22,25 +22,20 @@ class Hypothesis:
     attention: torch.Tensor | None = None  # [T_out, S] alignment weights (EOS step included)
 
 
+def scaled_lengths(src_mask: torch.Tensor, a: float, b: int) -> torch.Tensor:
+    """Per-sentence a * |src| + b in float32, truncated: the rule of both length bounds."""
+    return (a * src_mask.sum(1).float() + b).long()  # [B]
+
+
 def max_output_lengths(src_mask: torch.Tensor, a: float, b: int) -> torch.Tensor:
     """Per-sentence step limit a * |src| + b (fairseq's max_len_a / max_len_b), at least 1."""
-    return (a * src_mask.sum(1).float() + b).long().clamp(min=1)  # [B]
+    return scaled_lengths(src_mask, a, b).clamp(min=1)  # [B]
 
 
 def max_output_length(src_length: int, a: float, b: int) -> int:
     """`max_output_lengths` of one sentence, in the same float32 arithmetic (a limit one step
     off where a * |src| + b is near an integer would change a translation)."""
     return max(1, int(np.float32(a) * np.float32(src_length) + np.float32(b)))
-
-
-def min_output_lengths(src_mask: torch.Tensor, a: float, b: int) -> torch.Tensor:
-    """Per-sentence minimum a * |src| + b output words before EOS, by the max-len rule."""
-    return (a * src_mask.sum(1).float() + b).long()  # [B]
-
-
-def min_output_length(src_length: int, a: float, b: int) -> int:
-    """`min_output_lengths` of one sentence, in the same float32 arithmetic."""
-    return int(np.float32(a) * np.float32(src_length) + np.float32(b))
 
 
 def length_penalty(length: int, alpha: float) -> float:

@@ -37,7 +37,7 @@ import torch
 
 from nmt_cli.config import DecodeConfig
 from nmt_cli.data.batching import to_device
-from nmt_cli.decode import Hypothesis, length_penalty, max_output_lengths, min_output_lengths
+from nmt_cli.decode import Hypothesis, length_penalty, max_output_lengths, scaled_lengths
 from nmt_cli.decode.constraints import ban_early_eos, ban_repeated_ngrams
 from nmt_cli.errors import ConfigError
 from nmt_cli.models.interface import Seq2Seq
@@ -197,7 +197,7 @@ def beam_search(
     prefix = _prefix_tensor(prefixes, B, device)
     limits = max_output_lengths(src_mask, settings.max_len_a, settings.max_len_b)
     limits = torch.maximum(limits, (prefix >= 0).sum(1) + 1)  # room for the prefix and EOS
-    min_lens = min_output_lengths(src_mask, settings.min_len_a, settings.min_len_b)
+    min_lens = scaled_lengths(src_mask, settings.min_len_a, settings.min_len_b)  # words
     min_lens = torch.minimum(min_lens, limits - 1)  # the limit's EOS comes first
     per_sentence = torch.stack([limits, src_mask.sum(1), min_lens]).tolist()
     limits_of, src_lengths, min_lens_of = per_sentence

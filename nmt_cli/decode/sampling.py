@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from nmt_cli.config import DecodeConfig
-from nmt_cli.decode import Hypothesis, length_penalty, max_output_lengths, min_output_lengths
+from nmt_cli.decode import Hypothesis, length_penalty, max_output_lengths, scaled_lengths
 from nmt_cli.decode.constraints import ban_early_eos, ban_repeated_ngrams
 from nmt_cli.models.interface import Seq2Seq
 
@@ -66,7 +66,7 @@ def sample_search(
     prefix_rows = [prefixes[b] if prefixes else [] for b in expand.tolist()]
     limits = max_output_lengths(src_mask, settings.max_len_a, settings.max_len_b)[expand]
     limits = torch.maximum(limits, torch.tensor([len(p) + 1 for p in prefix_rows], device=device))
-    min_lens = min_output_lengths(src_mask, settings.min_len_a, settings.min_len_b)[expand]
+    min_lens = scaled_lengths(src_mask, settings.min_len_a, settings.min_len_b)[expand]
     min_lens = torch.minimum(min_lens, limits - 1)  # the limit's EOS comes first
     longest_min = int(min_lens.max())
     state = model.init_state(model.encode(src, src_mask)).reorder(expand)
@@ -77,13 +77,16 @@ def sample_search(
     for t in range(int(limits.max())):
         log_probs, state, attention = model.step(prev, state)
         log_probs = log_probs.float()
-        allowed = log_probs.clone()  # the score is the unchanged model's
-        if t < longest_min:
-            ban_early_eos(allowed, t, min_lens, eos)
-        if settings.no_repeat_ngram and words:
-            ban_repeated_ngrams(allowed, torch.stack(words, dim=1), settings.no_repeat_ngram)
-        stuck = ~torch.isfinite(allowed).any(dim=1)  # every word banned: it can only end
-        allowed[:, eos] = allowed[:, eos].masked_fill(stuck, 0.0)
+        allowed = log_probs
+        below_min, blocking = t < longest_min, bool(settings.no_repeat_ngram and words)
+        if below_min or blocking:
+            allowed = log_probs.clone()  # the score is the unchanged model's
+            if below_min:
+                ban_early_eos(allowed, t, min_lens, eos)
+            if blocking:
+                ban_repeated_ngrams(allowed, torch.stack(words, dim=1), settings.no_repeat_ngram)
+            stuck = ~torch.isfinite(allowed).any(dim=1)  # every word banned: it can only end
+            allowed[:, eos] = allowed[:, eos].masked_fill(stuck, 0.0)
         logits = reshape_distribution(allowed, settings.temperature, settings.top_k, settings.top_p)
         drawn = torch.multinomial(logits.softmax(dim=1).cpu(), 1, generator=generator)
         drawn = drawn.squeeze(1).to(device)
