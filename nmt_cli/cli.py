@@ -451,9 +451,9 @@ def translate(
         results = translator.translate_stream(
             chunks, prefixes=prefixes, keep_attention=print_alignment or bool(attention_plot)
         )
+        render = translation_json if json_ else translation_text
         started, lines, tokens = time.perf_counter(), 0, 0
         for index, result in enumerate(results):
-            render = translation_json if json_ else translation_text
             line = render(index, result, n_best=n_best is not None, alignment=print_alignment)
             sink.write(line)
             lines, tokens = lines + 1, tokens + max(len(result.out_pieces) - 1, 0)

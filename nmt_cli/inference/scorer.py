@@ -24,9 +24,8 @@ import torch
 from nmt_cli.data.batching import collate_padded, pad_rows
 from nmt_cli.data.corpus import normalize
 from nmt_cli.decode import length_penalty
-from nmt_cli.errors import DataError
 from nmt_cli.inference.torch_engine import TorchEngine
-from nmt_cli.inference.translator import cut_batches, encode_sources
+from nmt_cli.inference.translator import cut_batches, encode_lines
 from nmt_cli.runtime import autocast, resolve_device, set_threads
 
 
@@ -46,18 +45,10 @@ class Scorer:
 
     def score(self, sources: list[str], targets: list[str], first_line: int = 1) -> list[PairScore]:
         """Score pair i = (sources[i], targets[i]), numbered from `first_line` in errors."""
-        engine = self.engine
-        limit = engine.max_input_tokens
-        src_ids = encode_sources(
-            engine.src_tokenizer, [normalize(s) for s in sources], first_line, limit
-        )
-        tgt_ids = [engine.tgt_tokenizer.encode(normalize(t)) for t in targets]
-        for offset, ids in enumerate(tgt_ids):
-            if len(ids) > limit:
-                raise DataError(
-                    f"target line {first_line + offset} has {len(ids)} tokens, more than the "
-                    f"model's limit of {limit}; split the pair into sentences"
-                )
+        engine, limit = self.engine, self.engine.max_input_tokens
+        sources, targets = [normalize(s) for s in sources], [normalize(t) for t in targets]
+        src_ids = encode_lines(engine.src_tokenizer, sources, first_line, limit, "source")
+        tgt_ids = encode_lines(engine.tgt_tokenizer, targets, first_line, limit, "target")
         return self.score_ids(src_ids, tgt_ids)
 
     def score_ids(self, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> list[PairScore]:

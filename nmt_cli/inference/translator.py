@@ -111,7 +111,7 @@ class Translator:
         engine = self.engine
         engine.check_options(prefixes=prefixes is not None)
         lines = [normalize(line) for line in lines]
-        ids = encode_sources(engine.src_tokenizer, lines, first_line, engine.max_input_tokens)
+        ids = encode_lines(engine.src_tokenizer, lines, first_line, engine.max_input_tokens)
         forced = [engine.tgt_tokenizer.encode(normalize(p)) for p in prefixes] if prefixes else None
         results: list[Translation | None] = [None] * len(lines)
         nonempty = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))
@@ -167,15 +167,16 @@ class Translator:
             line += len(chunk)
 
 
-def encode_sources(
-    tokenizer: Tokenizer, lines: list[str], first_line: int, max_tokens: int
+def encode_lines(
+    tokenizer: Tokenizer, lines: list[str], first_line: int, max_tokens: int, side: str = "input"
 ) -> list[list[int]]:
-    """Subword ids of normalised lines; a line over the model's input limit is an error."""
+    """Subword ids of normalised lines; a line over the model's limit is an error naming it
+    as the `side` line (an input to translate, or a target to score)."""
     ids = [tokenizer.encode(line) for line in lines]
     for offset, seq in enumerate(ids):
         if len(seq) > max_tokens:
             raise DataError(
-                f"input line {first_line + offset} has {len(seq)} tokens, more than the "
+                f"{side} line {first_line + offset} has {len(seq)} tokens, more than the "
                 f"model's limit of {max_tokens}; split the line into sentences"
             )
     return ids
